@@ -1,0 +1,218 @@
+//! The wire protocol between the Ferric ramdisk agent and the controller.
+//!
+//! The agent pulls its work: it looks itself up by MAC address, then heartbeats and
+//! gets its next task in the heartbeat answer, so it never listens on a port. Paths,
+//! field names and shapes follow Ironic/IPA wherever an equivalent exists (lookup,
+//! heartbeat, `agent_token`, IPA's command result object, IPA's inventory), so that
+//! the controller stays compatible with Ironic's API and tools.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub mod inventory;
+
+pub use inventory::Inventory;
+
+/// Kernel command-line parameter carrying the controller's base URL (`ferric.api=http://...`).
+pub const CMDLINE_API_URL: &str = "ferric.api";
+/// Kernel command-line parameter set by PXE/iPXE with the boot NIC (`BOOTIF=01-aa-bb-..`).
+pub const CMDLINE_BOOTIF: &str = "BOOTIF";
+/// Ironic's microversion header; the agent sends it so the controller applies the agent routes.
+pub const API_VERSION_HEADER: &str = "X-OpenStack-Ironic-API-Version";
+/// The microversion the agent speaks: 1.62 is the first with `agent_token` (as IPA uses).
+pub const AGENT_API_VERSION: &str = "1.62";
+/// What a lookup returns instead of the token once it has been handed out.
+pub const MASKED_TOKEN: &str = "******";
+
+/// Path of the lookup endpoint: `GET /v1/lookup?addresses=<mac>,<mac>`.
+pub const LOOKUP_PATH: &str = "/v1/lookup";
+
+/// Path of a node's heartbeat endpoint: `POST /v1/heartbeat/{node}`.
+pub fn heartbeat_path(node_uuid: &str) -> String {
+    format!("/v1/heartbeat/{node_uuid}")
+}
+
+/// Normalises a MAC address to Ironic's form: lower-case hex pairs joined by `:`.
+/// Accepts `:` or `-` separators (PXE's `BOOTIF=01-aa-bb-...` form without its `01-` prefix).
+pub fn normalize_mac(mac: &str) -> Option<String> {
+    let pairs: Vec<&str> = mac.trim().split([':', '-']).collect();
+    let well_formed =
+        pairs.len() == 6 && pairs.iter().all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
+    well_formed.then(|| pairs.join(":").to_ascii_lowercase())
+}
+
+/// Answer to a lookup (Ironic's shape: `node` plus `config`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LookupResponse {
+    pub node: LookupNode,
+    pub config: LookupConfig,
+}
+
+/// The part of the node the agent needs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LookupNode {
+    pub uuid: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub properties: Value,
+    #[serde(default)]
+    pub instance_info: Value,
+}
+
+/// Agent configuration handed out by lookup.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LookupConfig {
+    /// Seconds without a heartbeat after which the controller gives up on the agent.
+    pub heartbeat_timeout: u64,
+    /// Seconds between heartbeats (Ferric heartbeats often: progress is live).
+    pub heartbeat_interval: u64,
+    /// The per-boot token, or [`MASKED_TOKEN`] when it was already handed out.
+    pub agent_token: String,
+    pub agent_token_required: bool,
+}
+
+/// A heartbeat: `POST /v1/heartbeat/{node}`; answered with [`HeartbeatResponse`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Heartbeat {
+    pub agent_token: String,
+    pub agent_version: String,
+    /// Status of the task the agent runs or last ran, in IPA's command result shape.
+    #[serde(default)]
+    pub command: Option<CommandResult>,
+    /// Progress of the running task, if it has any.
+    #[serde(default)]
+    pub progress: Option<Progress>,
+    /// The last lines the agent logged, oldest first.
+    #[serde(default)]
+    pub log_tail: Vec<String>,
+    /// Sent with the first heartbeat of a boot.
+    #[serde(default)]
+    pub inventory: Option<Inventory>,
+}
+
+/// The controller's answer to a heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HeartbeatResponse {
+    /// The next task, or `None` to keep heartbeating.
+    pub task: Option<Task>,
+    /// Seconds until the next heartbeat.
+    pub heartbeat_interval: u64,
+}
+
+/// One unit of work for the agent. `id` identifies it in [`CommandResult::id`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Task {
+    pub id: String,
+    pub command: Command,
+}
+
+/// What the agent is asked to do. Names follow IPA's commands and deploy steps.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "command_name", content = "params", rename_all = "snake_case")]
+pub enum Command {
+    /// Stream an image to the root disk (IPA's `write_image` deploy step).
+    WriteImage { image_info: ImageInfo },
+    /// Flush and reboot into whatever boots next (IPA's `standby.run_image`).
+    Reboot,
+    /// Flush and power the node off (IPA's `standby.power_off`).
+    PowerOff,
+}
+
+impl Command {
+    /// The IPA command name, as it appears in [`CommandResult::command_name`].
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::WriteImage { .. } => "write_image",
+            Command::Reboot => "reboot",
+            Command::PowerOff => "power_off",
+        }
+    }
+}
+
+/// IPA's `image_info`, the subset Ferric uses.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ImageInfo {
+    pub id: String,
+    pub urls: Vec<String>,
+    /// Hex digest (algorithm inferred from its length: 64 sha256, 128 sha512).
+    #[serde(default)]
+    pub checksum: Option<String>,
+    #[serde(default)]
+    pub os_hash_algo: Option<String>,
+    #[serde(default)]
+    pub os_hash_value: Option<String>,
+    #[serde(default)]
+    pub disk_format: Option<String>,
+    /// Root-device hints (`properties.root_device`); absent means Ironic's default choice.
+    #[serde(default)]
+    pub root_device: Option<Value>,
+}
+
+/// IPA's command result object, reported by the agent in every heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CommandResult {
+    pub id: String,
+    pub command_name: String,
+    pub command_status: CommandStatus,
+    #[serde(default)]
+    pub command_error: Option<String>,
+    #[serde(default)]
+    pub command_result: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CommandStatus {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// Progress of a long task.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Progress {
+    /// What is happening now, e.g. `writing image`.
+    pub stage: String,
+    pub bytes_done: u64,
+    #[serde(default)]
+    pub bytes_total: Option<u64>,
+    pub bytes_per_second: f64,
+    #[serde(default)]
+    pub eta_seconds: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_normalisation_accepts_ironic_and_pxe_forms() {
+        assert_eq!(normalize_mac("52:54:00:AB:cd:01").as_deref(), Some("52:54:00:ab:cd:01"));
+        assert_eq!(normalize_mac("52-54-00-ab-cd-01").as_deref(), Some("52:54:00:ab:cd:01"));
+        assert_eq!(normalize_mac("52:54:00:ab:cd"), None);
+        assert_eq!(normalize_mac("52:54:00:ab:cd:zz"), None);
+    }
+
+    #[test]
+    fn commands_use_ipa_names_on_the_wire() {
+        let task = Task {
+            id: "t1".into(),
+            command: Command::WriteImage {
+                image_info: ImageInfo { id: "img".into(), urls: vec!["http://x/img".into()], ..Default::default() },
+            },
+        };
+        let json = serde_json::to_value(&task).unwrap();
+        assert_eq!(json["command"]["command_name"], "write_image");
+        assert_eq!(json["command"]["params"]["image_info"]["urls"][0], "http://x/img");
+        let back: Task = serde_json::from_value(json).unwrap();
+        assert_eq!(back, task);
+        let reboot = serde_json::to_value(Command::Reboot).unwrap();
+        assert_eq!(reboot["command_name"], "reboot");
+    }
+
+    #[test]
+    fn command_status_uses_ipa_spelling() {
+        assert_eq!(serde_json::to_value(CommandStatus::Succeeded).unwrap(), "SUCCEEDED");
+    }
+}
