@@ -1,1 +1,98 @@
-fn main() {}
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use ferric_agent::agent::{self, AgentConfig};
+use ferric_agent::deploy::Disk;
+use ferric_agent::logtail::LogTail;
+use ferric_agent::{in_ramdisk, inventory, root_disk};
+
+/// Ferric's in-band agent.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Look this node up at the controller and work through the tasks it hands out.
+    Run {
+        /// Controller base URL (the ramdisk's `ferric.api=` parameter).
+        #[arg(long)]
+        api_url: String,
+        /// MAC of the NIC the node booted from.
+        #[arg(long)]
+        boot_mac: Option<String>,
+        /// Write images here instead of the disk chosen from the inventory (needed outside the ramdisk).
+        #[arg(long)]
+        target_disk: Option<PathBuf>,
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        #[arg(long, default_value = "/run/ferric")]
+        state_dir: PathBuf,
+    },
+    /// Print what the agent sees, without changing anything.
+    Debug {
+        #[command(subcommand)]
+        what: DebugCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum DebugCmd {
+    /// The hardware inventory as JSON.
+    Inventory {
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
+    /// The disk a deploy would write to.
+    RootDisk {
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Root-device hints as JSON.
+        #[arg(long)]
+        hints: Option<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let log_tail = LogTail::default();
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(std::io::stderr))
+        .with(log_tail.layer())
+        .init();
+    match cli.command {
+        Cmd::Run { api_url, boot_mac, target_disk, root, state_dir } => {
+            let boot_mac = match boot_mac {
+                Some(mac) => Some(ferric_protocol::normalize_mac(&mac).context("--boot-mac is not a MAC address")?),
+                None => None,
+            };
+            let disk = match target_disk {
+                Some(path) => Disk::Fixed(path),
+                None if in_ramdisk() => Disk::Choose { root: root.clone() },
+                None => bail!("outside the Ferric ramdisk the agent only writes to an explicit --target-disk"),
+            };
+            let config = AgentConfig { api_url, boot_mac, root, state_dir, disk, power_actions: in_ramdisk() };
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(agent::run(config, log_tail))
+        }
+        Cmd::Debug { what: DebugCmd::Inventory { root } } => {
+            println!("{}", serde_json::to_string_pretty(&inventory::scan(&root, None))?);
+            Ok(())
+        }
+        Cmd::Debug { what: DebugCmd::RootDisk { root, hints } } => {
+            let hints = hints.map(|h| serde_json::from_str(&h)).transpose().context("--hints is not JSON")?;
+            let disks = inventory::scan(&root, None).disks;
+            let disk = root_disk::choose(&disks, hints.as_ref())?;
+            println!("{}", serde_json::to_string_pretty(disk)?);
+            Ok(())
+        }
+    }
+}

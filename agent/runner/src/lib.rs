@@ -61,13 +61,19 @@ pub fn run(description: impl fmt::Display, cmd: &mut Command) -> Result<Finished
     let description = description.to_string();
     let command_line = command_line(cmd);
     tracing::debug!(%description, %command_line, "running");
-    let output: Output = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| CommandError::Spawn { description: description.clone(), command_line: command_line.clone(), source })?;
+    let output: Output = cmd.stdin(Stdio::null()).output().map_err(|source| CommandError::Spawn {
+        description: description.clone(),
+        command_line: command_line.clone(),
+        source,
+    })?;
     let tail = stderr_tail(&output.stderr);
     if !output.status.success() {
-        return Err(CommandError::Failed { description, command_line, status: output.status.to_string(), stderr_tail: tail });
+        return Err(CommandError::Failed {
+            description,
+            command_line,
+            status: output.status.to_string(),
+            stderr_tail: tail,
+        });
     }
     Ok(Finished { stdout: String::from_utf8_lossy(&output.stdout).into_owned(), stderr_tail: tail })
 }

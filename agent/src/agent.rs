@@ -1,0 +1,243 @@
+//! The agent's life in the ramdisk: look itself up, then heartbeat and run the tasks it is given.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use ferric_protocol::{Command, CommandResult, CommandStatus, Heartbeat, LookupResponse, Task};
+
+use crate::client::ControllerClient;
+use crate::deploy::{self, Disk};
+use crate::inventory;
+use crate::logtail::LogTail;
+use crate::progress::ProgressTracker;
+
+const LOOKUP_MAX_BACKOFF: Duration = Duration::from_secs(30);
+const HEARTBEAT_RETRY: Duration = Duration::from_secs(5);
+/// After this many refused heartbeats in a row the agent looks itself up again.
+const REFUSALS_BEFORE_RELOOKUP: u32 = 3;
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub api_url: String,
+    pub boot_mac: Option<String>,
+    /// Root of the system to inventory (`/` in the ramdisk, a fixture tree in tests).
+    pub root: PathBuf,
+    /// Where the per-boot token is kept so a restarted agent can carry on (`/run/ferric`).
+    pub state_dir: PathBuf,
+    pub disk: Disk,
+    /// Whether `reboot`/`power_off` act on the machine (only inside the Ferric ramdisk).
+    pub power_actions: bool,
+}
+
+/// The state one heartbeat reports.
+#[derive(Clone, Default)]
+struct Shared {
+    command: Arc<Mutex<Option<CommandResult>>>,
+    progress: Arc<Mutex<Option<Arc<ProgressTracker>>>>,
+    wake: Arc<Notify>,
+}
+
+impl Shared {
+    fn command(&self) -> Option<CommandResult> {
+        self.command.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_command(&self, result: CommandResult) {
+        *self.command.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+        self.wake.notify_one();
+    }
+}
+
+/// Runs until a reboot or power-off task ends the boot. Errors are retried, never fatal.
+pub async fn run(config: AgentConfig, log_tail: LogTail) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(30)).build()?;
+    let client = ControllerClient::new(http.clone(), &config.api_url);
+    let shared = Shared::default();
+    loop {
+        let (node, token, interval) = lookup(&client, &config).await;
+        tracing::info!(node = %node, "found my node; heartbeating every {interval:?}");
+        heartbeat_loop(&client, &http, &config, &log_tail, &shared, &node, &token, interval).await;
+    }
+}
+
+/// Looks the node up by MAC until the controller answers with it and a usable token.
+async fn lookup(client: &ControllerClient, config: &AgentConfig) -> (String, String, Duration) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let macs = boot_mac_first(config);
+        match client.lookup(&macs).await.map_err(anyhow::Error::from).and_then(|r| adopt_token(config, r)) {
+            Ok(found) => return found,
+            Err(e) => tracing::warn!("lookup by {} failed, retrying in {backoff:?}: {e:#}", macs.join(",")),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(LOOKUP_MAX_BACKOFF);
+    }
+}
+
+fn boot_mac_first(config: &AgentConfig) -> Vec<String> {
+    let mut macs: Vec<String> = config.boot_mac.iter().cloned().collect();
+    for interface in inventory::scan(&config.root, None).interfaces {
+        if !macs.contains(&interface.mac_address) {
+            macs.push(interface.mac_address);
+        }
+    }
+    macs
+}
+
+/// Keeps a fresh token on disk, or reuses the saved one when the controller masks it (agent restart).
+fn adopt_token(config: &AgentConfig, found: LookupResponse) -> anyhow::Result<(String, String, Duration)> {
+    let path = config.state_dir.join("agent-token");
+    let token = if found.config.agent_token == ferric_protocol::MASKED_TOKEN {
+        std::fs::read_to_string(&path).map_err(|e| {
+            anyhow::anyhow!(
+                "the controller already handed out this boot's token and none is saved at {}: {e}",
+                path.display()
+            )
+        })?
+    } else {
+        std::fs::create_dir_all(&config.state_dir)?;
+        std::fs::write(&path, &found.config.agent_token)?;
+        found.config.agent_token
+    };
+    Ok((found.node.uuid, token, Duration::from_secs(found.config.heartbeat_interval.max(1))))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn heartbeat_loop(
+    client: &ControllerClient,
+    http: &reqwest::Client,
+    config: &AgentConfig,
+    log_tail: &LogTail,
+    shared: &Shared,
+    node: &str,
+    token: &str,
+    mut interval: Duration,
+) {
+    let mut inventory_sent = false;
+    let mut refusals = 0;
+    loop {
+        let command = shared.command();
+        let running = command.as_ref().is_some_and(|c| c.command_status == CommandStatus::Running);
+        let heartbeat = Heartbeat {
+            agent_token: token.to_owned(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            command,
+            progress: running
+                .then(|| shared.progress.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|p| p.snapshot()))
+                .flatten(),
+            log_tail: log_tail.lines(),
+            inventory: (!inventory_sent).then(|| inventory::scan(&config.root, config.boot_mac.as_deref())),
+        };
+        let pause = match client.heartbeat(node, &heartbeat).await {
+            Ok(response) => {
+                inventory_sent = true;
+                refusals = 0;
+                interval = Duration::from_secs(response.heartbeat_interval.max(1));
+                if let Some(task) = response.task {
+                    start(task, http, config, shared);
+                }
+                interval
+            }
+            Err(e) => {
+                tracing::warn!("heartbeat failed: {e:#}");
+                if e.is_refusal() {
+                    refusals += 1;
+                    if refusals >= REFUSALS_BEFORE_RELOOKUP {
+                        return;
+                    }
+                }
+                HEARTBEAT_RETRY.min(interval.max(Duration::from_secs(1)))
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shared.wake.notified() => {}
+        }
+    }
+}
+
+/// Starts `task` unless it is the one already known (the controller resends until it hears back).
+fn start(task: Task, http: &reqwest::Client, config: &AgentConfig, shared: &Shared) {
+    if let Some(current) = shared.command() {
+        if current.id == task.id {
+            return;
+        }
+        if current.command_status == CommandStatus::Running {
+            tracing::warn!(running = %current.id, refused = %task.id, "a task is running; ignoring the new one");
+            return;
+        }
+    }
+    tracing::info!(task = %task.id, command = task.command.name(), "starting task");
+    let report = Report { id: task.id.clone(), command_name: task.command.name() };
+    shared.set_command(report.result(CommandStatus::Running, None, None));
+    match task.command {
+        Command::WriteImage { image_info } => {
+            let progress = Arc::new(ProgressTracker::default());
+            *shared.progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(progress.clone());
+            let (http, disk, shared) = (http.clone(), config.disk.clone(), shared.clone());
+            tokio::spawn(async move {
+                let outcome = deploy::write_image_task(&http, &image_info, &disk, progress).await;
+                shared.set_command(report.finish(outcome));
+            });
+        }
+        Command::Reboot => power(config, shared, report.result(CommandStatus::Succeeded, None, None), Power::Reboot),
+        Command::PowerOff => power(config, shared, report.result(CommandStatus::Succeeded, None, None), Power::Off),
+    }
+}
+
+/// Builds the IPA-shaped result objects of one task.
+struct Report {
+    id: String,
+    command_name: &'static str,
+}
+
+impl Report {
+    fn result(&self, status: CommandStatus, error: Option<String>, value: Option<serde_json::Value>) -> CommandResult {
+        CommandResult {
+            id: self.id.clone(),
+            command_name: self.command_name.to_owned(),
+            command_status: status,
+            command_error: error,
+            command_result: value,
+        }
+    }
+
+    fn finish<E>(&self, outcome: Result<serde_json::Value, E>) -> CommandResult
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        match outcome {
+            Ok(value) => self.result(CommandStatus::Succeeded, None, Some(value)),
+            Err(e) => {
+                let reason = format!("{:#}", anyhow::Error::from(e));
+                tracing::error!("task failed: {reason}");
+                self.result(CommandStatus::Failed, Some(reason), None)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Power {
+    Reboot,
+    Off,
+}
+
+fn power(config: &AgentConfig, shared: &Shared, done: CommandResult, action: Power) {
+    shared.set_command(done);
+    if !config.power_actions {
+        tracing::warn!("not running in the Ferric ramdisk: not performing {action:?}");
+        return;
+    }
+    tracing::info!("flushing disks and performing {action:?}");
+    nix::unistd::sync();
+    let how = match action {
+        Power::Reboot => nix::sys::reboot::RebootMode::RB_AUTOBOOT,
+        Power::Off => nix::sys::reboot::RebootMode::RB_POWER_OFF,
+    };
+    let Err(e) = nix::sys::reboot::reboot(how);
+    tracing::error!("{action:?} failed: {e}");
+}
