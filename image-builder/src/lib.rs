@@ -1,1 +1,385 @@
-//! placeholder
+//! Builds the Ferric ramdisk: a distribution kernel plus a reproducible gzip-compressed cpio
+//! initramfs holding ferric-init as `/init`, the agent, their shared libraries, the drivers a
+//! provisioning host needs (virtio, NVMe/SATA/SAS/RAID, common server NICs) and their firmware.
+//!
+//! Reproducible: the same inputs and `source_date_epoch` give byte-identical outputs, so a
+//! ramdisk can be rebuilt and compared, and caches keyed by its hash stay valid.
+
+pub mod cpio;
+mod elf;
+mod error;
+mod firmware;
+mod kernel;
+mod libraries;
+mod modules;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+pub use error::BuildError;
+pub use kernel::KernelSource;
+pub use modules::REQUIRED_MODULES;
+
+/// Where `--init` lands in the initramfs (the kernel runs `/init` as PID 1).
+pub const INIT_PATH: &str = "init";
+/// Where `--agent` lands in the initramfs; ferric-init starts it from there.
+pub const AGENT_PATH: &str = "usr/bin/ferric-agent";
+/// The build description inside the initramfs.
+pub const BUILD_DESCRIPTION_PATH: &str = "etc/ferric/build.json";
+
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Receives `vmlinuz`, `initramfs` and `manifest.json`.
+    pub out_dir: PathBuf,
+    pub kernel: KernelSource,
+    pub agent: PathBuf,
+    pub init: PathBuf,
+    /// Where downloaded kernel packages are kept between builds.
+    pub cache_dir: PathBuf,
+    /// Modules wanted on top of [`REQUIRED_MODULES`].
+    pub extra_modules: Vec<String>,
+    pub firmware_dir: PathBuf,
+    /// mtime of every initramfs entry.
+    pub source_date_epoch: u64,
+}
+
+/// Uncompressed bytes of initramfs file content, by kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CategorySizes {
+    /// Module files plus the modules.* indices.
+    pub modules: u64,
+    pub firmware: u64,
+    /// `/init` and the agent.
+    pub binaries: u64,
+    pub libraries: u64,
+    /// build.json.
+    pub metadata: u64,
+}
+
+impl CategorySizes {
+    pub fn total(&self) -> u64 {
+        self.modules + self.firmware + self.binaries + self.libraries + self.metadata
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildReport {
+    pub kernel_release: String,
+    /// The .deb the kernel came from, if any.
+    pub kernel_package: Option<String>,
+    pub vmlinuz: PathBuf,
+    pub initramfs: PathBuf,
+    pub manifest: PathBuf,
+    pub vmlinuz_bytes: u64,
+    /// Compressed size.
+    pub initramfs_bytes: u64,
+    /// Size of the cpio archive before compression.
+    pub initramfs_uncompressed_bytes: u64,
+    /// Included module names, dependencies included.
+    pub modules: Vec<String>,
+    /// Required modules the kernel has built in.
+    pub builtin_modules: Vec<String>,
+    pub firmware_found: Vec<String>,
+    pub firmware_missing: Vec<String>,
+    /// In-image paths of the binaries (`init`, the agent).
+    pub binaries: Vec<String>,
+    /// In-image paths of the shared libraries.
+    pub libraries: Vec<String>,
+    pub content_bytes: CategorySizes,
+}
+
+#[derive(Debug, Serialize)]
+struct ModuleRecord {
+    name: String,
+    path: String,
+}
+
+#[derive(Debug, Serialize)]
+struct FileRecord {
+    path: String,
+    bytes: u64,
+    sha256: String,
+}
+
+#[derive(Debug, Serialize)]
+struct FirmwareRecord {
+    found: Vec<String>,
+    missing: Vec<String>,
+    files: Vec<String>,
+}
+
+/// What went into the ramdisk; stored as /etc/ferric/build.json and in manifest.json.
+#[derive(Debug, Serialize)]
+struct BuildDescription {
+    kernel_release: String,
+    kernel_package: Option<String>,
+    source_date_epoch: u64,
+    modules: Vec<ModuleRecord>,
+    builtin_modules: Vec<String>,
+    firmware: FirmwareRecord,
+    binaries: Vec<FileRecord>,
+    libraries: Vec<FileRecord>,
+}
+
+#[derive(Debug, Serialize)]
+struct Manifest<'a> {
+    #[serde(flatten)]
+    build: &'a BuildDescription,
+    content_bytes: &'a CategorySizes,
+    initramfs_uncompressed_bytes: u64,
+    vmlinuz: FileRecord,
+    initramfs: FileRecord,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn file_record(path: &str, bytes: &[u8]) -> FileRecord {
+    FileRecord { path: path.to_string(), bytes: bytes.len() as u64, sha256: sha256_hex(bytes) }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, BuildError> {
+    fs::read(path).map_err(BuildError::io("cannot read", path))
+}
+
+fn read_text(path: &Path) -> Result<String, BuildError> {
+    fs::read_to_string(path).map_err(BuildError::io("cannot read", path))
+}
+
+/// Which [`CategorySizes`] counter a file counts towards.
+#[derive(Debug, Clone, Copy)]
+enum Category {
+    Modules,
+    Firmware,
+    Binaries,
+    Libraries,
+    Metadata,
+}
+
+/// The initramfs being assembled, with its content sizes.
+struct Contents {
+    archive: cpio::Archive,
+    sizes: CategorySizes,
+}
+
+impl Contents {
+    fn add(&mut self, category: Category, path: &str, mode: u32, content: Vec<u8>) -> Result<(), BuildError> {
+        let counter = match category {
+            Category::Modules => &mut self.sizes.modules,
+            Category::Firmware => &mut self.sizes.firmware,
+            Category::Binaries => &mut self.sizes.binaries,
+            Category::Libraries => &mut self.sizes.libraries,
+            Category::Metadata => &mut self.sizes.metadata,
+        };
+        *counter += content.len() as u64;
+        self.archive.add_file(path, mode, content).map_err(BuildError::archive(path))
+    }
+
+    /// The selected modules at their package paths, plus kmod's indices filtered to them.
+    fn add_modules(&mut self, kernel: &kernel::Kernel, extra: &[String]) -> Result<modules::Selection, BuildError> {
+        let modules_dep = read_text(&kernel.modules_dir.join("modules.dep"))?;
+        let builtin_path = kernel.modules_dir.join("modules.builtin");
+        let modules_builtin = if builtin_path.exists() { read_text(&builtin_path)? } else { String::new() };
+        let index = modules::ModuleIndex::parse(&modules_dep, &modules_builtin);
+        let selection = index.select(REQUIRED_MODULES.iter().copied().chain(extra.iter().map(String::as_str)))?;
+        tracing::debug!(modules = ?selection.modules.keys().collect::<Vec<_>>(), "selected kernel modules");
+
+        let image_dir = format!("lib/modules/{}", kernel.release);
+        for relative in selection.modules.values() {
+            let content = read(&kernel.modules_dir.join(relative))?;
+            self.add(Category::Modules, &format!("{image_dir}/{relative}"), 0o644, content)?;
+        }
+        let modules_alias = read_text(&kernel.modules_dir.join("modules.alias"))?;
+        let mut indices = vec![
+            ("modules.dep", selection.filter_dep(&modules_dep).into_bytes()),
+            ("modules.alias", selection.filter_alias(&modules_alias).into_bytes()),
+            ("modules.builtin", modules_builtin.into_bytes()),
+        ];
+        let builtin_modinfo = kernel.modules_dir.join("modules.builtin.modinfo");
+        if builtin_modinfo.exists() {
+            indices.push(("modules.builtin.modinfo", read(&builtin_modinfo)?));
+        }
+        for (name, content) in indices {
+            self.add(Category::Modules, &format!("{image_dir}/{name}"), 0o644, content)?;
+        }
+        Ok(selection)
+    }
+
+    /// The firmware the selected modules declare, where `firmware_dir` has it.
+    fn add_firmware(
+        &mut self,
+        kernel: &kernel::Kernel,
+        selection: &modules::Selection,
+        firmware_dir: &Path,
+    ) -> Result<firmware::FirmwareLookup, BuildError> {
+        let mut declared = BTreeSet::new();
+        for relative in selection.modules.values() {
+            declared.extend(firmware::declared_by(&kernel.modules_dir.join(relative))?);
+        }
+        let lookup = firmware::look_up(firmware_dir, declared.iter().map(String::as_str));
+        if !lookup.missing.is_empty() {
+            tracing::info!(dir = %firmware_dir.display(), missing = ?lookup.missing, "declared firmware not found");
+        }
+        for file in &lookup.files {
+            let content = read(&firmware_dir.join(file))?;
+            self.add(Category::Firmware, &format!("lib/firmware/{file}"), 0o644, content)?;
+        }
+        Ok(lookup)
+    }
+
+    /// `/init`, the agent, and the shared libraries they load at the paths ldd reports (the
+    /// content of the real file when the path is a symlink).
+    fn add_binaries(&mut self, init: &Path, agent: &Path) -> Result<(Vec<FileRecord>, Vec<FileRecord>), BuildError> {
+        let mut binaries = Vec::new();
+        let mut library_paths = BTreeSet::new();
+        for (image_path, source) in [(INIT_PATH, init), (AGENT_PATH, agent)] {
+            let content = read(source)?;
+            binaries.push(file_record(&format!("/{image_path}"), &content));
+            self.add(Category::Binaries, image_path, 0o755, content)?;
+            library_paths.extend(libraries::needed_by(source)?);
+        }
+        let mut libraries = Vec::new();
+        for path in &library_paths {
+            let content = read(path)?;
+            let image_path = path.to_string_lossy().into_owned();
+            libraries.push(file_record(&image_path, &content));
+            self.add(Category::Libraries, &image_path, 0o755, content)?;
+        }
+        Ok((binaries, libraries))
+    }
+
+    /// Mount points and the device nodes the kernel and init need before devtmpfs is up.
+    fn add_skeleton(&mut self) -> Result<(), BuildError> {
+        for dir in ["proc", "sys", "dev", "run", "etc", "var"] {
+            self.archive.add_dir(dir, 0o755).map_err(BuildError::archive(dir))?;
+        }
+        self.archive.add_dir("tmp", 0o1777).map_err(BuildError::archive("tmp"))?;
+        self.archive.add_char_device("dev/console", 0o600, 5, 1).map_err(BuildError::archive("dev/console"))?;
+        self.archive.add_char_device("dev/null", 0o666, 1, 3).map_err(BuildError::archive("dev/null"))
+    }
+}
+
+fn to_json(value: &impl Serialize) -> Result<Vec<u8>, BuildError> {
+    let mut json = serde_json::to_vec_pretty(value).map_err(BuildError::Json)?;
+    json.push(b'\n');
+    Ok(json)
+}
+
+/// Builds `vmlinuz`, `initramfs` and `manifest.json` in `opts.out_dir`. `progress` gets one
+/// short line per step.
+pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<BuildReport, BuildError> {
+    let kernel = kernel::prepare(&opts.kernel, &opts.cache_dir, progress)?;
+    let mut contents =
+        Contents { archive: cpio::Archive::new(opts.source_date_epoch), sizes: CategorySizes::default() };
+
+    let selection = contents.add_modules(&kernel, &opts.extra_modules)?;
+    progress(&format!(
+        "modules: {} selected with dependencies, {} required ones built in",
+        selection.modules.len(),
+        selection.builtin.len()
+    ));
+    let firmware = contents.add_firmware(&kernel, &selection, &opts.firmware_dir)?;
+    progress(&format!(
+        "firmware: {} declared, {} found in {}, {} missing",
+        firmware.found.len() + firmware.missing.len(),
+        firmware.found.len(),
+        opts.firmware_dir.display(),
+        firmware.missing.len()
+    ));
+    let (binaries, libraries) = contents.add_binaries(&opts.init, &opts.agent)?;
+    progress(&format!("binaries: {}, shared libraries: {}", binaries.len(), libraries.len()));
+    contents.add_skeleton()?;
+
+    let description = BuildDescription {
+        kernel_release: kernel.release.clone(),
+        kernel_package: kernel.package_file.clone(),
+        source_date_epoch: opts.source_date_epoch,
+        modules: selection
+            .modules
+            .iter()
+            .map(|(name, path)| ModuleRecord { name: name.clone(), path: path.clone() })
+            .collect(),
+        builtin_modules: selection.builtin.iter().cloned().collect(),
+        firmware: FirmwareRecord {
+            found: firmware.found.into_iter().collect(),
+            missing: firmware.missing.into_iter().collect(),
+            files: firmware.files.into_iter().collect(),
+        },
+        binaries,
+        libraries,
+    };
+    contents.add(Category::Metadata, BUILD_DESCRIPTION_PATH, 0o644, to_json(&description)?)?;
+
+    progress(&format!("compressing {} initramfs entries", contents.archive.len()));
+    let vmlinuz = read(&kernel.vmlinuz)?;
+    let mut initramfs = Vec::new();
+    let initramfs_uncompressed_bytes = contents
+        .archive
+        .write_gzip(&mut initramfs)
+        .map_err(BuildError::io("cannot compress initramfs for", &opts.out_dir))?;
+    let manifest = to_json(&Manifest {
+        build: &description,
+        content_bytes: &contents.sizes,
+        initramfs_uncompressed_bytes,
+        vmlinuz: file_record("vmlinuz", &vmlinuz),
+        initramfs: file_record("initramfs", &initramfs),
+    })?;
+    let [vmlinuz_path, initramfs_path, manifest_path] = write_all_or_nothing(
+        &opts.out_dir,
+        &[("vmlinuz", &vmlinuz), ("initramfs", &initramfs), ("manifest.json", &manifest)],
+    )?;
+    progress(&format!("wrote {}", opts.out_dir.display()));
+
+    Ok(BuildReport {
+        kernel_release: description.kernel_release,
+        kernel_package: description.kernel_package,
+        vmlinuz: vmlinuz_path,
+        initramfs: initramfs_path,
+        manifest: manifest_path,
+        vmlinuz_bytes: vmlinuz.len() as u64,
+        initramfs_bytes: initramfs.len() as u64,
+        initramfs_uncompressed_bytes,
+        modules: description.modules.into_iter().map(|m| m.name).collect(),
+        builtin_modules: description.builtin_modules,
+        firmware_found: description.firmware.found,
+        firmware_missing: description.firmware.missing,
+        binaries: description.binaries.into_iter().map(|b| b.path).collect(),
+        libraries: description.libraries.into_iter().map(|l| l.path).collect(),
+        content_bytes: contents.sizes,
+    })
+}
+
+/// Writes every file to a temporary name in `dir` first and renames only once all are
+/// written, so a failed build leaves no partial output.
+fn write_all_or_nothing<const N: usize>(dir: &Path, files: &[(&str, &[u8]); N]) -> Result<[PathBuf; N], BuildError> {
+    fs::create_dir_all(dir).map_err(BuildError::io("cannot create", dir))?;
+    let mut staged = Vec::with_capacity(N);
+    for (name, content) in files {
+        let mut temp = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .tempfile_in(dir)
+            .map_err(BuildError::io("cannot create a temporary file in", dir))?;
+        temp.write_all(content).map_err(BuildError::io("cannot write", temp.path()))?;
+        staged.push((temp, dir.join(name)));
+    }
+    let mut finals = Vec::with_capacity(N);
+    for (temp, target) in staged {
+        temp.persist(&target).map_err(|err| BuildError::Io {
+            action: "cannot rename into",
+            path: target.clone(),
+            source: err.error,
+        })?;
+        finals.push(target);
+    }
+    Ok(finals.try_into().expect("one path per file"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,138 @@
-fn main() {}
+//! `image-builder build`: produces the Ferric ramdisk (vmlinuz, initramfs, manifest.json).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use ferric_image_builder::{build, BuildOptions, BuildReport, KernelSource};
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Builds the Ferric ramdisk: kernel + reproducible initramfs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build vmlinuz, initramfs and manifest.json into --out.
+    Build(BuildArgs),
+}
+
+#[derive(Debug, Args)]
+#[group(id = "kernel", multiple = false)]
+struct KernelArgs {
+    /// A linux-image .deb to take the kernel and modules from.
+    #[arg(long, value_name = "FILE", group = "kernel")]
+    kernel_deb: Option<PathBuf>,
+    /// An apt package to download (metapackages are resolved) [default: linux-image-amd64].
+    #[arg(long, value_name = "NAME", group = "kernel")]
+    kernel_package: Option<String>,
+    /// Use the running kernel (/boot/vmlinuz-$(uname -r), /lib/modules/$(uname -r)).
+    #[arg(long, group = "kernel")]
+    host_kernel: bool,
+}
+
+#[derive(Debug, Args)]
+struct BuildArgs {
+    /// Output directory.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    #[command(flatten)]
+    kernel: KernelArgs,
+    /// The agent binary, installed as /usr/bin/ferric-agent.
+    #[arg(long, value_name = "PATH")]
+    agent: PathBuf,
+    /// The init binary, installed as /init.
+    #[arg(long, value_name = "PATH")]
+    init: PathBuf,
+    /// Where downloaded kernel packages are kept.
+    #[arg(long, value_name = "DIR", default_value = ".cache/kernel")]
+    cache: PathBuf,
+    /// Additional kernel modules to include (repeatable).
+    #[arg(long = "extra-module", value_name = "NAME", num_args = 1..)]
+    extra_modules: Vec<String>,
+    /// Where firmware declared by the modules is looked up.
+    #[arg(long, value_name = "DIR", default_value = "/lib/firmware")]
+    firmware_dir: PathBuf,
+    /// mtime of every initramfs entry.
+    #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 0)]
+    source_date_epoch: u64,
+}
+
+impl KernelArgs {
+    fn source(self) -> KernelSource {
+        match (self.kernel_deb, self.kernel_package, self.host_kernel) {
+            (Some(deb), _, _) => KernelSource::Deb(deb),
+            (_, Some(package), _) => KernelSource::Package(package),
+            (_, _, true) => KernelSource::Host,
+            _ => KernelSource::Package("linux-image-amd64".to_string()),
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .init();
+    let Command::Build(args) = Cli::parse().command;
+    let opts = BuildOptions {
+        out_dir: args.out,
+        kernel: args.kernel.source(),
+        agent: args.agent,
+        init: args.init,
+        cache_dir: args.cache,
+        extra_modules: args.extra_modules,
+        firmware_dir: args.firmware_dir,
+        source_date_epoch: args.source_date_epoch,
+    };
+    let started = Instant::now();
+    let mut progress = |line: &str| eprintln!("[{:6.1}s] {line}", started.elapsed().as_secs_f64());
+    let report =
+        build(&opts, &mut progress).with_context(|| format!("building the ramdisk into {}", opts.out_dir.display()))?;
+    print!("{}", summary(&report));
+    Ok(())
+}
+
+fn size(bytes: u64) -> String {
+    format!("{bytes:>10} bytes {:>7.2} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// What went in and how big it came out, as an aligned two-column table.
+fn summary(report: &BuildReport) -> String {
+    let sizes = &report.content_bytes;
+    let kernel = match &report.kernel_package {
+        Some(package) => format!("{} ({package})", report.kernel_release),
+        None => report.kernel_release.clone(),
+    };
+    let rows = [
+        ("kernel", kernel),
+        (
+            "modules",
+            format!("{} included, {} required ones built in", report.modules.len(), report.builtin_modules.len()),
+        ),
+        ("firmware", format!("{} found, {} missing", report.firmware_found.len(), report.firmware_missing.len())),
+        ("binaries", report.binaries.join(", ")),
+        ("libraries", report.libraries.join(", ")),
+        ("content (uncompressed)", String::new()),
+        ("  modules", size(sizes.modules)),
+        ("  firmware", size(sizes.firmware)),
+        ("  binaries", size(sizes.binaries)),
+        ("  libraries", size(sizes.libraries)),
+        ("  metadata", size(sizes.metadata)),
+        ("  cpio archive", size(report.initramfs_uncompressed_bytes)),
+        ("output", String::new()),
+        ("  vmlinuz", size(report.vmlinuz_bytes)),
+        ("  initramfs", size(report.initramfs_bytes)),
+        ("  total", size(report.vmlinuz_bytes + report.initramfs_bytes)),
+    ];
+    let mut out = String::new();
+    for (label, value) in rows {
+        out.push_str(format!("{label:<16}{value}").trim_end());
+        out.push('\n');
+    }
+    out.push_str(&format!("manifest        {}\n", report.manifest.display()));
+    out
+}

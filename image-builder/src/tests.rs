@@ -1,0 +1,168 @@
+//! `build` end to end on a fake kernel tree (fake ELF modules, real depmod, ldd and cpio).
+
+use std::fs;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::*;
+
+const RELEASE: &str = "6.1.0-fake";
+
+/// A tree shaped like an unpacked linux-image package: every required module but efivarfs,
+/// which is built in, plus one module nobody asks for.
+fn fake_kernel_tree(root: &Path) {
+    let modules = root.join("lib/modules").join(RELEASE);
+    fs::create_dir_all(root.join("boot")).unwrap();
+    fs::write(root.join(format!("boot/vmlinuz-{RELEASE}")), b"not really a kernel").unwrap();
+    fs::create_dir_all(modules.join("kernel/drivers/fake")).unwrap();
+    let mut order = String::new();
+    for name in REQUIRED_MODULES.iter().copied().filter(|&m| m != "efivarfs").chain(["unused"]) {
+        let file_name = if name == "nls_iso8859_1" { "nls_iso8859-1" } else { name };
+        let modinfo: &[&str] = match name {
+            "tg3" => &["license=GPL", "firmware=tigon/tg3.bin", "firmware=tigon/missing.bin"],
+            "virtio_net" => &["license=GPL", "alias=virtio:d00000001v*"],
+            "unused" => &["license=GPL", "alias=pci:v0000DEADd*"],
+            _ => &["license=GPL"],
+        };
+        let relative = format!("kernel/drivers/fake/{file_name}.ko");
+        fs::write(modules.join(&relative), elf::fake_module(modinfo)).unwrap();
+        order.push_str(&relative);
+        order.push('\n');
+    }
+    fs::write(modules.join("modules.order"), order).unwrap();
+    fs::write(modules.join("modules.builtin"), "kernel/fs/efivarfs/efivarfs.ko\n").unwrap();
+    fs::write(modules.join("modules.builtin.modinfo"), b"efivarfs.license=GPL\0").unwrap();
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    tree: PathBuf,
+    firmware: PathBuf,
+    base: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    fake_kernel_tree(&tree);
+    let firmware = dir.path().join("firmware");
+    fs::create_dir_all(firmware.join("tigon")).unwrap();
+    fs::write(firmware.join("tigon/tg3.bin"), b"tg3 firmware").unwrap();
+    Fixture { tree, firmware, base: dir.path().to_path_buf(), _dir: dir }
+}
+
+fn options(fixture: &Fixture, out: &str) -> BuildOptions {
+    BuildOptions {
+        out_dir: fixture.base.join(out),
+        kernel: KernelSource::Tree(fixture.tree.clone()),
+        agent: PathBuf::from("/bin/true"),
+        init: PathBuf::from("/bin/busybox"),
+        cache_dir: fixture.base.join("cache"),
+        extra_modules: Vec::new(),
+        firmware_dir: fixture.firmware.clone(),
+        source_date_epoch: 0,
+    }
+}
+
+fn extract(initramfs: &Path, into: &Path) {
+    fs::create_dir_all(into).unwrap();
+    let archive = into.with_extension("cpio");
+    let mut gunzip = Command::new("sh");
+    gunzip.arg("-c").arg(format!("gzip -dc '{}' > '{}'", initramfs.display(), archive.display()));
+    ferric_runner::run("gunzip initramfs", &mut gunzip).unwrap();
+    let mut cpio = Command::new("cpio");
+    cpio.args(["-id", "--quiet", "-F"]).arg(&archive).current_dir(into);
+    ferric_runner::run("unpack initramfs", &mut cpio).unwrap();
+}
+
+#[test]
+fn fake_tree_builds_reproducibly_with_the_expected_content() {
+    let fixture = fixture();
+    let mut lines = Vec::new();
+    let first = build(&options(&fixture, "one"), &mut |line| lines.push(line.to_string())).unwrap();
+    let second = build(&options(&fixture, "two"), &mut |_| {}).unwrap();
+    assert!(lines.iter().any(|l| l.contains("depmod")), "{lines:?}");
+    for name in ["vmlinuz", "initramfs", "manifest.json"] {
+        let one = fs::read(fixture.base.join("one").join(name)).unwrap();
+        assert_eq!(one, fs::read(fixture.base.join("two").join(name)).unwrap(), "{name} differs between builds");
+    }
+    assert_eq!(fs::read(&first.vmlinuz).unwrap(), b"not really a kernel");
+    assert_eq!(first.initramfs_bytes, fs::metadata(&second.initramfs).unwrap().len());
+    assert_eq!(first.kernel_release, RELEASE);
+    assert_eq!(first.modules.len(), REQUIRED_MODULES.len() - 1);
+    assert!(!first.modules.contains(&"unused".to_string()));
+    assert_eq!(first.builtin_modules, ["efivarfs"]);
+    assert_eq!(first.firmware_found, ["tigon/tg3.bin"]);
+    assert_eq!(first.firmware_missing, ["tigon/missing.bin"]);
+    assert_eq!(first.binaries, ["/init", "/usr/bin/ferric-agent"]);
+    assert!(first.libraries.iter().any(|l| l.ends_with("/libc.so.6")), "{:?}", first.libraries);
+    assert_eq!(first.content_bytes.firmware, b"tg3 firmware".len() as u64);
+
+    let root = fixture.base.join("unpacked");
+    extract(&first.initramfs, &root);
+    assert_eq!(fs::read(root.join("init")).unwrap(), fs::read("/bin/busybox").unwrap());
+    assert_eq!(fs::read(root.join("usr/bin/ferric-agent")).unwrap(), fs::read("/bin/true").unwrap());
+    for library in &first.libraries {
+        let stored = fs::read(root.join(library.trim_start_matches('/'))).unwrap();
+        assert_eq!(stored, fs::read(library).unwrap(), "{library}");
+    }
+    let modules = root.join("lib/modules").join(RELEASE);
+    assert!(modules.join("kernel/drivers/fake/nls_iso8859-1.ko").is_file());
+    assert!(!modules.join("kernel/drivers/fake/unused.ko").exists());
+    let dep = fs::read_to_string(modules.join("modules.dep")).unwrap();
+    assert!(dep.lines().any(|l| l == "kernel/drivers/fake/virtio_net.ko:"), "{dep}");
+    assert!(!dep.contains("unused"), "{dep}");
+    let alias = fs::read_to_string(modules.join("modules.alias")).unwrap();
+    assert!(alias.contains("alias virtio:d00000001v* virtio_net"), "{alias}");
+    assert!(!alias.contains("unused"), "{alias}");
+    assert_eq!(fs::read_to_string(modules.join("modules.builtin")).unwrap(), "kernel/fs/efivarfs/efivarfs.ko\n");
+    assert!(modules.join("modules.builtin.modinfo").is_file());
+    assert_eq!(fs::read(root.join("lib/firmware/tigon/tg3.bin")).unwrap(), b"tg3 firmware");
+    assert!(fs::metadata(root.join("dev/console")).unwrap().file_type().is_char_device());
+    for dir in ["proc", "sys", "run", "tmp", "var"] {
+        assert!(root.join(dir).is_dir(), "{dir}");
+    }
+
+    let description: serde_json::Value =
+        serde_json::from_slice(&fs::read(root.join(BUILD_DESCRIPTION_PATH)).unwrap()).unwrap();
+    assert_eq!(description["kernel_release"], RELEASE);
+    assert_eq!(description["firmware"]["missing"][0], "tigon/missing.bin");
+    let init_hash = sha256_hex(&fs::read("/bin/busybox").unwrap());
+    assert_eq!(description["binaries"][0]["sha256"], init_hash.as_str());
+    let manifest: serde_json::Value = serde_json::from_slice(&fs::read(&first.manifest).unwrap()).unwrap();
+    assert_eq!(manifest["initramfs"]["sha256"], sha256_hex(&fs::read(&first.initramfs).unwrap()).as_str());
+    assert_eq!(manifest["vmlinuz"]["bytes"], first.vmlinuz_bytes);
+    assert_eq!(manifest["modules"], description["modules"]);
+}
+
+#[test]
+fn source_date_epoch_changes_the_initramfs() {
+    let fixture = fixture();
+    let zero = build(&options(&fixture, "zero"), &mut |_| {}).unwrap();
+    let later =
+        build(&BuildOptions { source_date_epoch: 1_700_000_000, ..options(&fixture, "later") }, &mut |_| {}).unwrap();
+    assert_ne!(fs::read(zero.initramfs).unwrap(), fs::read(later.initramfs).unwrap());
+    assert_eq!(fs::read(zero.vmlinuz).unwrap(), fs::read(later.vmlinuz).unwrap());
+}
+
+#[test]
+fn missing_module_fails_without_leaving_output() {
+    let fixture = fixture();
+    let opts = BuildOptions { extra_modules: vec!["no-such-driver".to_string()], ..options(&fixture, "out") };
+    let err = build(&opts, &mut |_| {}).unwrap_err();
+    assert!(matches!(&err, BuildError::MissingModule { module } if module == "no_such_driver"), "{err}");
+    assert!(!opts.out_dir.exists() || fs::read_dir(&opts.out_dir).unwrap().next().is_none());
+}
+
+#[test]
+fn extra_modules_are_added_with_their_indices() {
+    let fixture = fixture();
+    let opts = BuildOptions { extra_modules: vec!["unused".to_string()], ..options(&fixture, "out") };
+    let report = build(&opts, &mut |_| {}).unwrap();
+    assert!(report.modules.contains(&"unused".to_string()));
+    let root = fixture.base.join("unpacked");
+    extract(&report.initramfs, &root);
+    let alias = fs::read_to_string(root.join("lib/modules").join(RELEASE).join("modules.alias")).unwrap();
+    assert!(alias.contains("alias pci:v0000DEADd* unused"), "{alias}");
+}

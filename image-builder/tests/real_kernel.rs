@@ -1,0 +1,91 @@
+//! Builds the ramdisk from Debian's real kernel package, twice, and checks the result.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ferric_image_builder::{build, BuildOptions, BuildReport, KernelSource};
+
+/// Upper bound for vmlinuz + compressed initramfs: what we are willing to push over iPXE.
+const MAX_RAMDISK_BYTES: u64 = 40_000_000;
+
+fn kernel_cache() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/kernel")
+}
+
+/// The cached linux-image .deb if there is one; otherwise apt downloads it into the cache.
+fn kernel_source() -> KernelSource {
+    let mut debs: Vec<PathBuf> = fs::read_dir(kernel_cache())
+        .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    debs.retain(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("linux-image-")));
+    debs.retain(|p| p.extension().is_some_and(|ext| ext == "deb"));
+    debs.sort();
+    match debs.pop() {
+        Some(deb) => KernelSource::Deb(deb),
+        None => KernelSource::Package("linux-image-amd64".to_string()),
+    }
+}
+
+fn build_into(out_dir: PathBuf, kernel: KernelSource) -> BuildReport {
+    let opts = BuildOptions {
+        out_dir,
+        kernel,
+        agent: PathBuf::from("/bin/true"),
+        init: PathBuf::from("/bin/busybox"),
+        cache_dir: kernel_cache(),
+        extra_modules: Vec::new(),
+        firmware_dir: PathBuf::from("/lib/firmware"),
+        source_date_epoch: 0,
+    };
+    build(&opts, &mut |line| eprintln!("{line}")).unwrap()
+}
+
+fn cpio_listing(initramfs: &Path) -> Vec<String> {
+    let mut list = Command::new("sh");
+    list.arg("-c").arg(format!("gzip -dc '{}' | cpio -it --quiet", initramfs.display()));
+    let listing = ferric_runner::run("list initramfs", &mut list).unwrap().stdout;
+    listing.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn real_kernel_ramdisk_is_reproducible_complete_and_small() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = kernel_source();
+    let first = build_into(dir.path().join("one"), kernel.clone());
+    let second = build_into(dir.path().join("two"), kernel);
+    for name in ["vmlinuz", "initramfs", "manifest.json"] {
+        let one = fs::read(dir.path().join("one").join(name)).unwrap();
+        assert!(one == fs::read(dir.path().join("two").join(name)).unwrap(), "{name} differs between builds");
+    }
+    assert!(first.kernel_release.starts_with("6.1.0-"), "{}", first.kernel_release);
+    assert_eq!(second.initramfs_bytes, first.initramfs_bytes);
+
+    let listing = cpio_listing(&first.initramfs);
+    let has = |wanted: &str| listing.iter().any(|entry| entry == wanted);
+    let modules_dir = format!("lib/modules/{}", first.kernel_release);
+    assert!(
+        listing.iter().any(|e| e.starts_with("lib/modules/6.1.0-") && e.ends_with("/kernel/drivers/net/virtio_net.ko")),
+        "virtio_net.ko missing"
+    );
+    for wanted in [
+        format!("{modules_dir}/modules.dep"),
+        format!("{modules_dir}/modules.alias"),
+        format!("{modules_dir}/modules.builtin"),
+        format!("{modules_dir}/kernel/drivers/block/virtio_blk.ko"),
+        "init".to_string(),
+        "usr/bin/ferric-agent".to_string(),
+        "dev/console".to_string(),
+        "dev/null".to_string(),
+        "etc/ferric/build.json".to_string(),
+    ] {
+        assert!(has(&wanted), "{wanted} missing from the initramfs");
+    }
+    let libc = first.libraries.iter().find(|l| l.ends_with("/libc.so.6")).expect("agent /bin/true links libc");
+    assert!(has(libc.trim_start_matches('/')), "{libc} missing from the initramfs");
+    assert!(first.libraries.iter().any(|l| has(l.trim_start_matches('/')) && l.contains("ld-linux")));
+
+    let total = first.vmlinuz_bytes + first.initramfs_bytes;
+    eprintln!("vmlinuz {} + initramfs {} = {total} bytes", first.vmlinuz_bytes, first.initramfs_bytes);
+    assert!(total <= MAX_RAMDISK_BYTES, "ramdisk is {total} bytes, over {MAX_RAMDISK_BYTES}");
+}
