@@ -1,1 +1,21 @@
-//! placeholder
+//! Test harness for Ferric's end-to-end tests and demo: builds the deployable test OS and the ramdisk,
+//! runs UEFI QEMU VMs, the real controller binary and an image server, and drives the controller's
+//! Ironic-style API.
+
+pub mod controller;
+pub mod demo;
+pub mod disk;
+pub mod image_server;
+pub mod kernel;
+pub mod paths;
+pub mod ramdisk;
+pub mod scenario;
+pub mod testos;
+pub mod vm;
+
+/// Sends the harness's `tracing` output to the test's captured output (or stderr for the demo);
+/// `RUST_LOG` overrides the default `info`. Safe to call more than once.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_test_writer().try_init();
+}

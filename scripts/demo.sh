@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The README's demo: builds Ferric and deploys a test OS to a blank UEFI QEMU VM, printing the timeline.
+# Arguments go to ferric-demo (see `--help`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+cargo build --release --workspace --bins
+exec target/release/ferric-demo "$@"

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Ferric's build and end-to-end tests need, and caches the Debian kernel
+# package the ramdisk and the test OS boot. Idempotent: does nothing when everything is present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+    qemu-system-x86 ovmf ipxe-qemu systemd-boot-efi binutils gdisk dosfstools mtools cpio busybox-static
+    kmod xz-utils dnsmasq-base iproute2 python3-venv
+)
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+missing=()
+for package in "${packages[@]}"; do
+    status=$(dpkg -s "$package" 2>/dev/null || true)
+    if ! grep -q '^Status: install ok installed' <<<"$status"; then
+        missing+=("$package")
+    fi
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    as_root apt-get update
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+else
+    echo "setup: all ${#packages[@]} packages present"
+fi
+
+# The kernel package (not the metapackage) the image builder and the test OS use; the image builder
+# would download it too, but the test OS test needs it before any ramdisk is built.
+kernel_cache=.cache/kernel
+if compgen -G "$kernel_cache/linux-image-[0-9]*.deb" >/dev/null; then
+    echo "setup: kernel package cached in $kernel_cache"
+else
+    resolve() { apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ { print $2; exit }'; }
+    kernel_package=$(resolve)
+    if [ -z "$kernel_package" ]; then
+        as_root apt-get update
+        kernel_package=$(resolve)
+    fi
+    if [ -z "$kernel_package" ]; then
+        echo "setup: apt cannot resolve linux-image-amd64 (run apt-get update?)" >&2
+        exit 1
+    fi
+    echo "setup: downloading $kernel_package into $kernel_cache"
+    mkdir -p "$kernel_cache"
+    (cd "$kernel_cache" && apt-get download "$kernel_package")
+fi

@@ -1,0 +1,112 @@
+//! The README's demo: the end-to-end deploy, told as a timeline a person can follow.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::paths;
+use crate::ramdisk::ensure_ramdisk;
+use crate::scenario::{history_timeline, BootOutcome, Budget, DeployEnv, ScenarioError, TimelineEntry};
+
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// The VM's MAC address (also the node's port).
+    pub mac: String,
+    pub budget: Duration,
+}
+
+/// What happened, for printing.
+#[derive(Debug, Clone)]
+pub struct DemoReport {
+    pub work_dir: PathBuf,
+    pub image_bytes: u64,
+    pub image_sha256: String,
+    pub outcome: BootOutcome,
+    pub timeline: Vec<TimelineEntry>,
+}
+
+impl DemoReport {
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        let _ = writeln!(text, "Timeline (seconds since the deploy request):");
+        for entry in &self.timeline {
+            let _ = writeln!(text, "  {:>+8.1}s  {}", entry.seconds, entry.what);
+        }
+        let _ = writeln!(
+            text,
+            "Deployed {} bytes (sha256 {}); the disk holds the image byte for byte.",
+            self.image_bytes, self.image_sha256
+        );
+        let _ = writeln!(
+            text,
+            "Deploy request -> active {:.1}s, -> deployed OS booted {:.1}s, -> powered off {:.1}s.",
+            self.outcome.to_active.as_secs_f64(),
+            self.outcome.to_marker.as_secs_f64(),
+            self.outcome.to_poweroff.as_secs_f64()
+        );
+        let _ = writeln!(text, "Logs, serial console and disk: {}", self.work_dir.display());
+        text
+    }
+}
+
+/// Builds the ramdisk, deploys the test OS to a blank UEFI VM and checks that it booted and that the
+/// disk holds the image.
+pub fn run(options: &DemoOptions) -> Result<DemoReport, ScenarioError> {
+    let budget = Budget::new(options.budget);
+    tracing::info!("building the ramdisk");
+    let ramdisk = ensure_ramdisk(&paths::scratch_dir()?.join("ramdisk"))?;
+    tracing::info!("starting the controller and enrolling the node");
+    let env = DeployEnv::prepare("demo", &ramdisk, &options.mac, &budget)?;
+    tracing::info!(node = %env.node, "deploying; the VM network-boots the ramdisk (TCG is slow: minutes)");
+    let mut started = env.start_deploy(&env.image.sha256)?;
+    let outcome = env.wait_deployed_and_booted(&mut started, &budget)?;
+    env.check_disk_holds_image()?;
+
+    let mut timeline = history_timeline(&env.client.history(&env.node)?, started.requested_wall);
+    timeline.extend([
+        TimelineEntry { seconds: 0.0, what: "deploy requested; VM powered on".into() },
+        TimelineEntry { seconds: outcome.to_active.as_secs_f64(), what: "node seen active by the client".into() },
+        TimelineEntry {
+            seconds: outcome.to_marker.as_secs_f64(),
+            what: format!("deployed OS booted: {}", env.image.marker()),
+        },
+        TimelineEntry { seconds: outcome.to_poweroff.as_secs_f64(), what: "VM powered off".into() },
+    ]);
+    timeline.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    Ok(DemoReport {
+        work_dir: env.work_dir.clone(),
+        image_bytes: env.image.size_bytes,
+        image_sha256: env.image.sha256.clone(),
+        outcome,
+        timeline,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_lists_the_timeline_in_order_with_signed_seconds() {
+        let report = DemoReport {
+            work_dir: "/w/demo".into(),
+            image_bytes: 1024,
+            image_sha256: "ab".into(),
+            outcome: BootOutcome {
+                to_active: Duration::from_secs(80),
+                to_marker: Duration::from_secs(95),
+                to_poweroff: Duration::from_secs(96),
+                node: serde_json::json!({}),
+            },
+            timeline: vec![
+                TimelineEntry { seconds: -1.5, what: "available".into() },
+                TimelineEntry { seconds: 95.0, what: "booted".into() },
+            ],
+        };
+        let text = report.render();
+        let available = text.find("    -1.5s  available").expect(&text);
+        let booted = text.find("   +95.0s  booted").expect(&text);
+        assert!(available < booted, "{text}");
+        assert!(text.contains("-> active 80.0s") && text.contains("/w/demo"), "{text}");
+    }
+}

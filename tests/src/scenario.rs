@@ -1,0 +1,301 @@
+//! The deploy scenario shared by the end-to-end tests and the demo: a blank UEFI VM network-boots the
+//! ramdisk from the real controller, the agent writes the test OS image to the VM's disk, and the VM
+//! reboots into it.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::Value;
+
+use crate::controller::{ApiClient, ClientError, Controller, ControllerError};
+use crate::disk::{self, DiskError};
+use crate::image_server::ImageServer;
+use crate::paths::{self, PathError};
+use crate::ramdisk::{RamdiskError, RamdiskPaths};
+use crate::testos::{self, TestOsError, TestOsImage};
+use crate::vm::{NetworkBoot, Vm, VmError, VmSpec};
+
+/// The name the image server serves the test OS under.
+pub const IMAGE_NAME: &str = "testos.img";
+/// The agent deploys to the smallest disk of at least 4 GiB.
+pub const DISK_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+/// The ramdisk holds the agent, modules and buffers; the test OS needs far less.
+pub const VM_MEMORY_MIB: u32 = 1024;
+/// How far past the image the deployed disk must still be zero.
+pub const ZERO_AFTER_IMAGE_BYTES: u64 = 1024 * 1024;
+/// The test OS prints its marker about 10 s after the firmware hands over; powering off takes less.
+const POWEROFF_TIMEOUT: Duration = Duration::from_secs(60);
+const STABLE_STATE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How many serial lines a deploy failure shows.
+const SERIAL_TAIL_LINES: usize = 40;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error(transparent)]
+    Path(#[from] PathError),
+    #[error("{path}: {action}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Ramdisk(#[from] RamdiskError),
+    #[error("building the test OS failed")]
+    TestOs(#[from] TestOsError),
+    #[error("starting the image server failed")]
+    ImageServer(#[source] std::io::Error),
+    #[error("starting the controller failed")]
+    Controller(#[from] ControllerError),
+    #[error("controller API call failed")]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error("{source}\n--- last VM serial lines ---\n{serial_tail}\n--- last controller log lines ---\n{controller_log_tail}")]
+    Deploy {
+        #[source]
+        source: Box<ClientError>,
+        serial_tail: String,
+        controller_log_tail: String,
+    },
+    #[error("the time budget of {budget:?} ran out before {step}")]
+    OutOfTime { budget: Duration, step: &'static str },
+    #[error("disk {disk} differs from image {image} at byte {offset}")]
+    DiskDiffers { disk: PathBuf, image: PathBuf, offset: u64 },
+    #[error("disk {disk} has non-zero byte at {offset}, in the {len} bytes after the image")]
+    DiskDirtyAfterImage { disk: PathBuf, offset: u64, len: u64 },
+}
+
+/// A deadline for a whole scenario: every wait gets what remains of it.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    total: Duration,
+    deadline: Instant,
+}
+
+impl Budget {
+    pub fn new(total: Duration) -> Budget {
+        Budget { total, deadline: Instant::now() + total }
+    }
+
+    /// What remains, or an error naming the `step` that could not start in time.
+    pub fn remaining(&self, step: &'static str) -> Result<Duration, ScenarioError> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            Err(ScenarioError::OutOfTime { budget: self.total, step })
+        } else {
+            Ok(left)
+        }
+    }
+}
+
+/// An enrolled, available node with everything it needs to deploy: test OS image, image server,
+/// controller and a blank disk.
+#[derive(Debug)]
+pub struct DeployEnv {
+    pub work_dir: PathBuf,
+    pub image: TestOsImage,
+    pub image_server: ImageServer,
+    pub controller: Controller,
+    pub client: ApiClient,
+    pub node: String,
+    pub mac: String,
+    pub disk: PathBuf,
+}
+
+/// A deploy in flight: the request has been made and the VM is booting.
+#[derive(Debug)]
+pub struct DeployStarted {
+    pub vm: Vm,
+    pub requested_at: Instant,
+    pub requested_wall: SystemTime,
+}
+
+/// How long the stages of a successful deploy took, from the deploy request.
+#[derive(Debug, Clone)]
+pub struct BootOutcome {
+    pub to_active: Duration,
+    pub to_marker: Duration,
+    pub to_poweroff: Duration,
+    /// The node as it was when it became `active`.
+    pub node: Value,
+}
+
+impl DeployEnv {
+    /// Prepares `name` (a fresh work directory under the scratch dir): builds the test OS with a unique
+    /// token, starts the image server and controller, creates the blank disk, and takes a node with the
+    /// VM's MAC through enroll -> manageable -> available.
+    pub fn prepare(name: &str, ramdisk: &RamdiskPaths, mac: &str, budget: &Budget) -> Result<DeployEnv, ScenarioError> {
+        let work_dir = paths::scratch_dir()?.join("runs").join(name);
+        if work_dir.exists() {
+            fs::remove_dir_all(&work_dir).map_err(io_err("remove old work directory", &work_dir))?;
+        }
+        fs::create_dir_all(&work_dir).map_err(io_err("create directory", &work_dir))?;
+        tracing::info!(work_dir = %work_dir.display(), "preparing deploy scenario");
+
+        let token = format!("{name}-{}", uuid::Uuid::new_v4().simple());
+        let image = testos::build(&work_dir.join("testos"), &ramdisk.vmlinuz, &token)?;
+        let image_server =
+            ImageServer::start([(IMAGE_NAME.to_string(), image.path.clone())]).map_err(ScenarioError::ImageServer)?;
+        let controller = Controller::start(&work_dir.join("controller"), &ramdisk.dir)?;
+        let client = controller.client()?;
+        let disk = work_dir.join("disk.raw");
+        disk::create_sparse(&disk, DISK_BYTES)?;
+
+        let node = client.create_node(name)?;
+        client.create_port(mac, &node)?;
+        client.set_provision_state(&node, "manage")?;
+        let timeout = STABLE_STATE_TIMEOUT.min(budget.remaining("manage")?);
+        // Not failing on "enroll": a controller may apply the transition after answering; a failed
+        // verification shows up as the timeout's last_error.
+        client.wait_for_provision_state(&node, &["manageable"], &[], timeout)?;
+        client.set_provision_state(&node, "provide")?;
+        let timeout = STABLE_STATE_TIMEOUT.min(budget.remaining("provide")?);
+        client.wait_for_provision_state(&node, &["available"], &["clean failed", "error"], timeout)?;
+        Ok(DeployEnv { work_dir, image, image_server, controller, client, node, mac: mac.to_string(), disk })
+    }
+
+    /// Sets the node's image (with `image_checksum`), requests the deploy, then powers the VM on: UEFI,
+    /// network boot first (to the controller's iPXE script), then the blank disk.
+    pub fn start_deploy(&self, image_checksum: &str) -> Result<DeployStarted, ScenarioError> {
+        self.client.set_image(&self.node, &self.image_server.guest_url(IMAGE_NAME), image_checksum)?;
+        let requested_at = Instant::now();
+        let requested_wall = SystemTime::now();
+        self.client.set_provision_state(&self.node, "active")?;
+        let vm = Vm::start(VmSpec {
+            name: "node".into(),
+            work_dir: self.work_dir.join("vm"),
+            memory_mib: VM_MEMORY_MIB,
+            network_boot: Some(NetworkBoot { boot_url: self.controller.boot_url(), mac: self.mac.clone() }),
+            disks: vec![self.disk.clone()],
+        })?;
+        Ok(DeployStarted { vm, requested_at, requested_wall })
+    }
+
+    /// Waits for the node to reach one of `wanted`; a failure carries the VM's serial tail and the
+    /// controller's log tail, which is where the reason usually is.
+    pub fn wait_for_state(
+        &self,
+        started: &DeployStarted,
+        wanted: &[&str],
+        fail_states: &[&str],
+        budget: &Budget,
+    ) -> Result<Value, ScenarioError> {
+        let timeout = budget.remaining("waiting for the deploy")?;
+        self.client.wait_for_provision_state(&self.node, wanted, fail_states, timeout).map_err(|source| {
+            ScenarioError::Deploy {
+                source: Box::new(source),
+                serial_tail: started.vm.serial_tail(SERIAL_TAIL_LINES),
+                controller_log_tail: self.controller.log_tail(),
+            }
+        })
+    }
+
+    /// Waits for `active`, then for the deployed test OS's marker on the serial console, then for it to
+    /// power the VM off.
+    pub fn wait_deployed_and_booted(
+        &self,
+        started: &mut DeployStarted,
+        budget: &Budget,
+    ) -> Result<BootOutcome, ScenarioError> {
+        let node = self.wait_for_state(started, &["active"], &["deploy failed", "error"], budget)?;
+        let to_active = started.requested_at.elapsed();
+        tracing::info!(seconds = to_active.as_secs_f64(), "node active");
+        started.vm.wait_for_serial(&self.image.marker(), budget.remaining("waiting for the test OS marker")?)?;
+        let to_marker = started.requested_at.elapsed();
+        tracing::info!(seconds = to_marker.as_secs_f64(), "deployed test OS booted");
+        started.vm.wait_exit(POWEROFF_TIMEOUT.min(budget.remaining("waiting for power-off")?))?;
+        let to_poweroff = started.requested_at.elapsed();
+        Ok(BootOutcome { to_active, to_marker, to_poweroff, node })
+    }
+
+    /// The disk holds the image byte for byte, and the MiB after it is still zero (nothing else written).
+    /// Call once QEMU has stopped.
+    pub fn check_disk_holds_image(&self) -> Result<(), ScenarioError> {
+        if let Some(offset) = disk::first_difference(&self.disk, &self.image.path)? {
+            return Err(ScenarioError::DiskDiffers { disk: self.disk.clone(), image: self.image.path.clone(), offset });
+        }
+        if let Some(offset) = disk::first_nonzero(&self.disk, self.image.size_bytes, ZERO_AFTER_IMAGE_BYTES)? {
+            return Err(ScenarioError::DiskDirtyAfterImage {
+                disk: self.disk.clone(),
+                offset,
+                len: ZERO_AFTER_IMAGE_BYTES,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One line of a deploy timeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimelineEntry {
+    /// Seconds since the deploy request (negative: before it).
+    pub seconds: f64,
+    pub what: String,
+}
+
+/// The node's history entries (Ironic's `{"history": [{"created_at", "event", ...}]}`) placed on the
+/// timeline of a deploy requested at `requested_wall`, sorted by time. Entries without a parseable
+/// `created_at` are left out.
+pub fn history_timeline(history: &Value, requested_wall: SystemTime) -> Vec<TimelineEntry> {
+    let requested = chrono::DateTime::<chrono::Utc>::from(requested_wall);
+    let mut entries: Vec<TimelineEntry> = history["history"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let created = chrono::DateTime::parse_from_rfc3339(entry["created_at"].as_str()?).ok()?;
+            let seconds = (created.with_timezone(&chrono::Utc) - requested).num_milliseconds() as f64 / 1000.0;
+            let event = entry["event"].as_str().unwrap_or_default();
+            let what = match entry["event_type"].as_str().or(entry["severity"].as_str()) {
+                Some(kind) if !kind.is_empty() => format!("[{kind}] {event}"),
+                _ => event.to_string(),
+            };
+            Some(TimelineEntry { seconds, what })
+        })
+        .collect();
+    entries.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    entries
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ScenarioError {
+    let path = path.to_path_buf();
+    move |source| ScenarioError::Io { action, path, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn history_is_placed_relative_to_the_deploy_request_and_sorted() {
+        let requested: SystemTime = chrono::DateTime::parse_from_rfc3339("2026-01-01T10:00:00+00:00").unwrap().into();
+        let history = json!({"history": [
+            {"created_at": "2026-01-01T10:01:30.500+00:00", "event": "deploying -> active", "event_type": "provisioning"},
+            {"created_at": "2026-01-01T09:59:58+00:00", "event": "available"},
+            {"created_at": "not a time", "event": "ignored"},
+            {"created_at": "2026-01-01T10:00:01Z", "event": "available -> deploying", "severity": "INFO"},
+        ]});
+        let timeline = history_timeline(&history, requested);
+        assert_eq!(
+            timeline,
+            vec![
+                TimelineEntry { seconds: -2.0, what: "available".into() },
+                TimelineEntry { seconds: 1.0, what: "[INFO] available -> deploying".into() },
+                TimelineEntry { seconds: 90.5, what: "[provisioning] deploying -> active".into() },
+            ]
+        );
+    }
+
+    #[test]
+    fn an_exhausted_budget_names_the_step() {
+        let budget = Budget::new(Duration::ZERO);
+        let err = budget.remaining("waiting for the marker").unwrap_err();
+        assert!(err.to_string().contains("waiting for the marker"), "{err}");
+    }
+}

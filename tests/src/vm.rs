@@ -1,0 +1,350 @@
+//! UEFI QEMU virtual machines for the tests: OVMF firmware, optional iPXE network boot, raw virtio disks,
+//! serial console to a log file.
+//!
+//! Always `-accel tcg`: a KVM guest hangs on this kind of machine. No `-no-reboot`: the agent reboots the
+//! VM into the deployed OS, and the test OS ends the run by powering off, which makes QEMU exit.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// iPXE for virtio-net as a UEFI driver, so OVMF network-boots through iPXE (which speaks HTTP).
+pub const IPXE_EFI_VIRTIO_ROM: &str = "/usr/lib/ipxe/qemu/efi-virtio.rom";
+/// How many serial lines an error shows.
+pub const SERIAL_TAIL_LINES: usize = 40;
+
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+static QEMU_LOCK: Mutex<()> = Mutex::new(());
+
+/// Serialises VMs within a test process: a TCG guest keeps a core busy, and the machine has two.
+/// A panicking test poisons nothing: the guard is taken back from a poisoned lock.
+pub fn qemu_lock() -> MutexGuard<'static, ()> {
+    QEMU_LOCK.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("{path}: {action}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not start qemu-system-x86_64")]
+    Spawn(#[source] std::io::Error),
+    #[error("VM {name}: {pattern:?} not on the serial console after {timeout:?}; last serial lines:\n{tail}")]
+    SerialTimeout { name: String, pattern: String, timeout: Duration, tail: String },
+    #[error("VM {name}: QEMU exited ({status}) before {pattern:?} appeared on the serial console; QEMU said: {qemu_log}\nlast serial lines:\n{tail}")]
+    ExitedBeforeSerial { name: String, pattern: String, status: ExitStatus, qemu_log: String, tail: String },
+    #[error("VM {name}: QEMU still running after {timeout:?}; last serial lines:\n{tail}")]
+    ExitTimeout { name: String, timeout: Duration, tail: String },
+    #[error("VM {name}: QEMU exited with {status}; QEMU said: {qemu_log}\nlast serial lines:\n{tail}")]
+    ExitedWithFailure { name: String, status: ExitStatus, qemu_log: String, tail: String },
+    #[error("VM {name}: waiting for QEMU failed")]
+    Wait {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Network boot through QEMU's user network: its DHCP server hands iPXE `boot_url` as the boot file.
+#[derive(Debug, Clone)]
+pub struct NetworkBoot {
+    /// As the guest sees it, e.g. `http://10.0.2.2:PORT/boot.ipxe` (10.0.2.2 is the host's 127.0.0.1).
+    pub boot_url: String,
+    /// The NIC's MAC address, e.g. `52:54:00:fe:00:01`.
+    pub mac: String,
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    pub name: String,
+    /// Holds the VM's firmware variables, serial log and QEMU's own output.
+    pub work_dir: PathBuf,
+    pub memory_mib: u32,
+    /// When set, the NIC boots first; otherwise the VM has no network at all.
+    pub network_boot: Option<NetworkBoot>,
+    /// Raw disk image files, attached as virtio-blk in this order (after the NIC in the boot order).
+    pub disks: Vec<PathBuf>,
+}
+
+/// A running QEMU; killed on drop.
+#[derive(Debug)]
+pub struct Vm {
+    name: String,
+    child: Child,
+    started: Instant,
+    serial_log: PathBuf,
+    qemu_log_path: PathBuf,
+    exit_status: Option<ExitStatus>,
+}
+
+impl Vm {
+    pub fn start(spec: VmSpec) -> Result<Vm, VmError> {
+        fs::create_dir_all(&spec.work_dir).map_err(io_err("create directory", &spec.work_dir))?;
+        let vars = spec.work_dir.join(format!("{}-OVMF_VARS.fd", spec.name));
+        fs::copy(OVMF_VARS, &vars).map_err(io_err("copy the OVMF variable store to", &vars))?;
+        let serial_log = spec.work_dir.join(format!("{}-serial.log", spec.name));
+        let qemu_log = spec.work_dir.join(format!("{}-qemu.log", spec.name));
+        let qemu_output = fs::File::create(&qemu_log).map_err(io_err("create", &qemu_log))?;
+        let qemu_stderr = qemu_output.try_clone().map_err(io_err("duplicate handle of", &qemu_log))?;
+
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(qemu_args(&spec, &vars, &serial_log)).stdin(Stdio::null()).stdout(qemu_output).stderr(qemu_stderr);
+        tracing::info!(vm = %spec.name, command = %ferric_runner::command_line(&cmd), "starting VM");
+        let child = cmd.spawn().map_err(VmError::Spawn)?;
+        Ok(Vm {
+            name: spec.name,
+            child,
+            started: Instant::now(),
+            serial_log,
+            qemu_log_path: qemu_log,
+            exit_status: None,
+        })
+    }
+
+    /// Waits until `pattern` appears on the serial console; returns the time since the VM started.
+    pub fn wait_for_serial(&mut self, pattern: &str, timeout: Duration) -> Result<Duration, VmError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.serial_log().contains(pattern) {
+                return Ok(self.started.elapsed());
+            }
+            if let Some(status) = self.poll_exit()? {
+                // The last output may have landed between the read and the exit.
+                if self.serial_log().contains(pattern) {
+                    return Ok(self.started.elapsed());
+                }
+                return Err(VmError::ExitedBeforeSerial {
+                    name: self.name.clone(),
+                    pattern: pattern.to_string(),
+                    status,
+                    qemu_log: self.qemu_log(),
+                    tail: self.serial_tail(SERIAL_TAIL_LINES),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(VmError::SerialTimeout {
+                    name: self.name.clone(),
+                    pattern: pattern.to_string(),
+                    timeout,
+                    tail: self.serial_tail(SERIAL_TAIL_LINES),
+                });
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Waits until QEMU exits by itself with success (the guest powered off); returns the time since the
+    /// VM started.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Duration, VmError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.poll_exit()? {
+                if !status.success() {
+                    return Err(VmError::ExitedWithFailure {
+                        name: self.name.clone(),
+                        status,
+                        qemu_log: self.qemu_log(),
+                        tail: self.serial_tail(SERIAL_TAIL_LINES),
+                    });
+                }
+                return Ok(self.started.elapsed());
+            }
+            if Instant::now() >= deadline {
+                return Err(VmError::ExitTimeout {
+                    name: self.name.clone(),
+                    timeout,
+                    tail: self.serial_tail(SERIAL_TAIL_LINES),
+                });
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Everything the guest wrote to its serial port so far.
+    pub fn serial_log(&self) -> String {
+        fs::read(&self.serial_log).map(|bytes| String::from_utf8_lossy(&bytes).into_owned()).unwrap_or_default()
+    }
+
+    /// The last `lines` serial lines, without the firmware's terminal escape sequences.
+    pub fn serial_tail(&self, lines: usize) -> String {
+        tail_lines(&strip_terminal_escapes(&self.serial_log()), lines)
+    }
+
+    /// What QEMU itself printed (errors about its arguments, warnings).
+    pub fn qemu_log(&self) -> String {
+        fs::read_to_string(&self.qemu_log_path).unwrap_or_default().trim().to_string()
+    }
+
+    pub fn serial_log_path(&self) -> &Path {
+        &self.serial_log
+    }
+
+    /// Stops QEMU now (idempotent).
+    pub fn kill(&mut self) -> Result<(), VmError> {
+        if self.poll_exit()?.is_none() {
+            // An error here means it exited meanwhile; `wait` below reaps it either way.
+            let _ = self.child.kill();
+            let status = self.child.wait().map_err(|source| VmError::Wait { name: self.name.clone(), source })?;
+            self.exit_status = Some(status);
+        }
+        Ok(())
+    }
+
+    fn poll_exit(&mut self) -> Result<Option<ExitStatus>, VmError> {
+        if self.exit_status.is_none() {
+            self.exit_status =
+                self.child.try_wait().map_err(|source| VmError::Wait { name: self.name.clone(), source })?;
+        }
+        Ok(self.exit_status)
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Err(e) = self.kill() {
+            tracing::warn!(vm = %self.name, error = %e, "could not stop QEMU");
+        }
+    }
+}
+
+fn qemu_args(spec: &VmSpec, vars: &Path, serial_log: &Path) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "-name",
+        spec.name.as_str(),
+        "-accel",
+        "tcg",
+        "-machine",
+        "q35",
+        "-smp",
+        "1",
+        // No default devices (VGA, NIC, monitor, serial...): OVMF and iPXE need none of them, and the
+        // defaults would add a second NIC that network-boots too.
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    args.extend(["-m".into(), spec.memory_mib.to_string()]);
+    args.extend([
+        "-drive".into(),
+        format!("if=pflash,format=raw,readonly=on,file={}", qemu_path(Path::new(OVMF_CODE))),
+    ]);
+    args.extend(["-drive".into(), format!("if=pflash,format=raw,file={}", qemu_path(vars))]);
+    args.extend(["-serial".into(), format!("file:{}", serial_log.display())]);
+    if let Some(net) = &spec.network_boot {
+        args.extend(["-netdev".into(), format!("user,id=n0,bootfile={}", net.boot_url)]);
+        args.extend([
+            "-device".into(),
+            format!("virtio-net-pci,netdev=n0,mac={},romfile={IPXE_EFI_VIRTIO_ROM},bootindex=1", net.mac),
+        ]);
+    }
+    for (index, disk) in spec.disks.iter().enumerate() {
+        // Default (writeback) cache: QEMU writes through to the host file, so the test reads the final
+        // bytes once QEMU has exited or been killed.
+        args.extend(["-drive".into(), format!("if=none,id=d{index},format=raw,file={}", qemu_path(disk))]);
+        args.extend(["-device".into(), format!("virtio-blk-pci,drive=d{index},bootindex={}", index + 2)]);
+    }
+    args
+}
+
+/// QEMU option values escape a comma by doubling it.
+fn qemu_path(path: &Path) -> String {
+    path.display().to_string().replace(',', ",,")
+}
+
+/// Removes CSI escape sequences (`ESC [ ... letter`) and carriage returns that OVMF's console emits.
+fn strip_terminal_escapes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    for c in chars.by_ref() {
+                        if c.is_ascii_alphabetic() {
+                            break;
+                        }
+                    }
+                }
+            }
+            '\r' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn tail_lines(text: &str, count: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(count)..].join("\n")
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> VmError {
+    let path = path.to_path_buf();
+    move |source| VmError::Io { action, path, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(network_boot: Option<NetworkBoot>) -> VmSpec {
+        VmSpec {
+            name: "n1".into(),
+            work_dir: "/w".into(),
+            memory_mib: 1024,
+            network_boot,
+            disks: vec!["/w/disk,a.img".into(), "/w/b.img".into()],
+        }
+    }
+
+    #[test]
+    fn network_boots_first_then_disks_in_order() {
+        let net = NetworkBoot { boot_url: "http://10.0.2.2:8080/boot.ipxe".into(), mac: "52:54:00:fe:00:01".into() };
+        let args = qemu_args(&spec(Some(net)), Path::new("/w/vars.fd"), Path::new("/w/serial.log")).join(" ");
+        assert!(args.contains("-accel tcg"), "{args}");
+        assert!(!args.contains("-no-reboot"), "{args}");
+        assert!(args.contains("user,id=n0,bootfile=http://10.0.2.2:8080/boot.ipxe"), "{args}");
+        assert!(args.contains(&format!("mac=52:54:00:fe:00:01,romfile={IPXE_EFI_VIRTIO_ROM},bootindex=1")), "{args}");
+        assert!(args.contains("id=d0,format=raw,file=/w/disk,,a.img"), "{args}");
+        assert!(args.contains("drive=d0,bootindex=2") && args.contains("drive=d1,bootindex=3"), "{args}");
+        assert!(args.contains("-serial file:/w/serial.log"), "{args}");
+    }
+
+    #[test]
+    fn without_network_boot_there_is_no_nic() {
+        let args = qemu_args(&spec(None), Path::new("/w/vars.fd"), Path::new("/w/serial.log")).join(" ");
+        assert!(!args.contains("netdev") && !args.contains("virtio-net"), "{args}");
+        assert!(args.contains("-nodefaults"), "{args}");
+    }
+
+    #[test]
+    fn serial_tail_drops_escapes_and_keeps_the_last_lines() {
+        let text = "\u{1b}[2J\u{1b}[01;01Hfirst\r\nsecond\r\n\u{1b}[0mthird\n";
+        assert_eq!(tail_lines(&strip_terminal_escapes(text), 2), "second\nthird");
+    }
+
+    #[test]
+    fn poisoned_lock_is_still_handed_out() {
+        let _ = std::thread::spawn(|| {
+            let _guard = qemu_lock();
+            panic!("poison the lock");
+        })
+        .join();
+        drop(qemu_lock());
+    }
+}

@@ -1,0 +1,50 @@
+//! Proves the VM's network-boot path on its own, the way the controller will use it: UEFI firmware loads
+//! iPXE from the NIC's option ROM, QEMU's DHCP hands it an HTTP script URL on the host, and the script
+//! boots a kernel and initrd over HTTP (the test OS's, which print a marker and power off).
+
+use std::time::Duration;
+
+use ferric_tests::image_server::ImageServer;
+use ferric_tests::vm::{qemu_lock, NetworkBoot, Vm, VmSpec};
+use ferric_tests::{kernel, testos};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+const POWEROFF_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[test]
+fn uefi_vm_network_boots_an_ipxe_script_from_the_host() {
+    let _qemu = qemu_lock();
+    let work = tempfile::tempdir().unwrap();
+    let vmlinuz = kernel::debian_vmlinuz().unwrap();
+    let token = format!("netboot-{}", uuid::Uuid::new_v4().simple());
+    let image = testos::build(&work.path().join("testos"), &vmlinuz, &token).unwrap();
+    // Relative names resolve against the script's URL. Under UEFI the kernel line must name the initrd,
+    // or the kernel boots without it.
+    let script = work.path().join("boot.ipxe");
+    std::fs::write(
+        &script,
+        format!("#!ipxe\nkernel vmlinuz initrd=initrd.cpio.gz {}\ninitrd initrd.cpio.gz\nboot\n", testos::CMDLINE),
+    )
+    .unwrap();
+    let server = ImageServer::start([
+        ("boot.ipxe".to_string(), script),
+        ("vmlinuz".to_string(), vmlinuz),
+        ("initrd.cpio.gz".to_string(), image.initrd.clone()),
+    ])
+    .unwrap();
+
+    let mut vm = Vm::start(VmSpec {
+        name: "netboot".into(),
+        work_dir: work.path().join("vm"),
+        memory_mib: 512,
+        network_boot: Some(NetworkBoot { boot_url: server.guest_url("boot.ipxe"), mac: "52:54:00:fe:00:09".into() }),
+        disks: Vec::new(),
+    })
+    .unwrap();
+    let marker_at = vm.wait_for_serial(&image.marker(), BOOT_TIMEOUT).unwrap();
+    vm.wait_exit(POWEROFF_TIMEOUT).unwrap();
+    println!("TIMING netboot_vm_start_to_marker_seconds={:.1}", marker_at.as_secs_f64());
+
+    let fetched: Vec<String> = server.served().iter().filter(|r| r.status == 200).map(|r| r.path.clone()).collect();
+    assert_eq!(fetched, ["/boot.ipxe", "/vmlinuz", "/initrd.cpio.gz"]);
+}
