@@ -1,1 +1,66 @@
-fn main() {}
+//! `ferric-controller serve ...`: runs the controller.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ferric_controller::{serve, Config, DEFAULT_KERNEL_ARGS};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(version, about = "Ferric controller: Ironic-compatible API, boot scripts and agent task dispatch")]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Serve the API, the iPXE scripts and the ramdisk.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:6385")]
+    listen: String,
+    /// SQLite database file (created if missing).
+    #[arg(long, default_value = "ferric.sqlite")]
+    db: PathBuf,
+    /// Base URL under which machines reach this controller.
+    #[arg(long)]
+    public_url: String,
+    /// Directory with the ramdisk's `vmlinuz` and `initramfs`.
+    #[arg(long)]
+    ramdisk_dir: PathBuf,
+    /// Seconds a node may wait in `wait call-back` without hearing from its agent.
+    #[arg(long, default_value_t = 1800)]
+    deploy_callback_timeout: u64,
+    /// Seconds between agent heartbeats.
+    #[arg(long, default_value_t = 2)]
+    heartbeat_interval: u64,
+    /// Extra kernel arguments of the ramdisk.
+    #[arg(long, default_value = DEFAULT_KERNEL_ARGS)]
+    kernel_args: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    let Commands::Serve(args) = Cli::parse().command;
+    let mut config = Config::new(args.db, &args.public_url, args.ramdisk_dir);
+    config.deploy_callback_timeout = Duration::from_secs(args.deploy_callback_timeout);
+    config.heartbeat_interval = Duration::from_secs(args.heartbeat_interval);
+    config.kernel_args = args.kernel_args;
+    if let Ok(hostname) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        config.conductor_name = hostname.trim().to_owned();
+    }
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    serve(config, listener).await.context("controller stopped")
+}

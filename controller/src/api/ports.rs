@@ -1,0 +1,247 @@
+//! `/v1/ports`: the MAC addresses lookup and the iPXE scripts find nodes by.
+
+use axum::extract::{Path, State};
+use axum::http::header::LOCATION;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::Utc;
+use ferric_protocol::normalize_mac;
+use serde_json::{json, Map, Value};
+
+use super::microversion::ApiVersion;
+use super::node_fields::{self, field, Kind, WritableField};
+use super::node_view::links;
+use super::{BaseUrl, JsonBody, NodeIdent, QueryParams};
+use crate::error::Error;
+use crate::model::{timestamp, JsonObject, Port};
+use crate::store::StoreError;
+use crate::AppState;
+
+/// What `POST /v1/ports` accepts (a subset of Ironic's port schema).
+const PORT_FIELDS: &[WritableField] = &[
+    field("address", Kind::RequiredText, 1, true, false),
+    field("extra", Kind::Object, 1, true, false),
+    field("node_uuid", Kind::Uuid, 1, true, false),
+    field("pxe_enabled", Kind::Flag, 19, true, false),
+    field("uuid", Kind::Uuid, 1, true, false),
+];
+
+/// Port fields shown, with the minor version introducing them.
+const PORT_VIEW_FIELDS: &[(&str, u32)] = &[
+    ("uuid", 1),
+    ("address", 1),
+    ("node_uuid", 1),
+    ("extra", 1),
+    ("internal_info", 18),
+    ("local_link_connection", 19),
+    ("pxe_enabled", 19),
+    ("portgroup_uuid", 24),
+    ("physical_network", 34),
+    ("is_smartnic", 53),
+    ("created_at", 1),
+    ("updated_at", 1),
+];
+
+/// What a port list shows without `fields` or `detail` (plus `links`).
+const DEFAULT_LIST_FIELDS: &[&str] = &["uuid", "address"];
+
+fn render(port: &Port, version: ApiVersion, base: &str, selection: Option<&[String]>) -> Value {
+    let mut out = Map::new();
+    for (name, minor) in PORT_VIEW_FIELDS {
+        if !version.at_least(*minor) || selection.is_some_and(|names| !names.iter().any(|wanted| wanted == name)) {
+            continue;
+        }
+        let value = match *name {
+            "uuid" => json!(port.uuid),
+            "address" => json!(port.address),
+            "node_uuid" => json!(port.node_uuid),
+            "extra" => Value::Object(port.extra.clone()),
+            "internal_info" | "local_link_connection" => json!({}),
+            "pxe_enabled" => json!(port.pxe_enabled),
+            "is_smartnic" => json!(false),
+            "created_at" => json!(port.created_at),
+            "updated_at" => json!(port.updated_at),
+            _ => Value::Null,
+        };
+        out.insert((*name).to_owned(), value);
+    }
+    out.insert("links".to_owned(), links(base, "ports", &port.uuid));
+    Value::Object(out)
+}
+
+fn parse_fields(text: &str, version: ApiVersion) -> Result<Vec<String>, Error> {
+    version.require(super::microversion::FETCH_FIELDS)?;
+    let requested: Vec<String> =
+        text.split(',').map(str::trim).filter(|name| !name.is_empty()).map(str::to_owned).collect();
+    let unknown: Vec<&str> = requested
+        .iter()
+        .map(String::as_str)
+        .filter(|name| *name != "links" && !PORT_VIEW_FIELDS.iter().any(|(field, _)| field == name))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(Error::Invalid(format!("Field(s) \"{}\" are not valid", unknown.join(", "))));
+    }
+    Ok(requested)
+}
+
+fn port_conflict(error: StoreError, port: &Port) -> Error {
+    match &error {
+        StoreError::Duplicate { column } if column == "ports.address" => {
+            Error::Conflict(format!("A port with MAC address {} already exists.", port.address))
+        }
+        StoreError::Duplicate { column } if column == "ports.uuid" => {
+            Error::Conflict(format!("A port with UUID {} already exists.", port.uuid))
+        }
+        _ => Error::Store(error),
+    }
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    version: ApiVersion,
+    BaseUrl(base): BaseUrl,
+    JsonBody(body): JsonBody,
+) -> Result<Response, Error> {
+    let Value::Object(object) = body else {
+        return Err(Error::Invalid(format!("Schema error for port: {body} is not of type 'object'")));
+    };
+    node_fields::check_schema("port", &object, PORT_FIELDS, &["address", "node_uuid"])?;
+    node_fields::reject_newer_fields(&object, PORT_FIELDS, version)?;
+    let text = |name: &str| object.get(name).and_then(Value::as_str);
+    let raw_address = text("address").unwrap_or_default();
+    let address = normalize_mac(raw_address)
+        .ok_or_else(|| Error::Invalid(format!("Expected a MAC address but received {raw_address}.")))?;
+    let uuid_field = |name: &str| -> Result<Option<String>, Error> {
+        text(name)
+            .map(|value| {
+                uuid::Uuid::parse_str(value)
+                    .map(|parsed| parsed.hyphenated().to_string())
+                    .map_err(|_| Error::Invalid(format!("Expected a UUID for {name}: {value}")))
+            })
+            .transpose()
+    };
+    let node_uuid = uuid_field("node_uuid")?.unwrap_or_default();
+    let pxe_enabled = match object.get("pxe_enabled") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(flag)) => *flag,
+        Some(other) => node_fields::parse_bool("pxe_enabled", other.as_str().unwrap_or_default())?,
+    };
+    let port = Port {
+        uuid: uuid_field("uuid")?.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        address,
+        node_uuid,
+        pxe_enabled,
+        extra: object.get("extra").and_then(Value::as_object).cloned().unwrap_or_else(JsonObject::new),
+        created_at: timestamp(Utc::now()),
+        updated_at: None,
+    };
+    let stored = port.clone();
+    state
+        .store
+        .run(move |tx| {
+            if tx.node_by_uuid(&stored.node_uuid)?.is_none() {
+                // Ironic answers 400, not 404: the port is what was not found wanting.
+                return Err(Error::Invalid(format!("Node {} could not be found.", stored.node_uuid)));
+            }
+            tx.insert_port(&stored).map_err(|error| port_conflict(error, &stored))
+        })
+        .await?;
+    tracing::info!(port = %port.uuid, address = %port.address, node = %port.node_uuid, "port created");
+    let location = format!("{base}/v1/ports/{}", port.uuid);
+    Ok((StatusCode::CREATED, [(LOCATION, location)], Json(render(&port, version, &base, None))).into_response())
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    version: ApiVersion,
+    BaseUrl(base): BaseUrl,
+    query: QueryParams,
+) -> Result<Json<Value>, Error> {
+    list_ports(state, version, base, query, None, false).await
+}
+
+pub async fn list_detail(
+    State(state): State<AppState>,
+    version: ApiVersion,
+    BaseUrl(base): BaseUrl,
+    query: QueryParams,
+) -> Result<Json<Value>, Error> {
+    list_ports(state, version, base, query, None, true).await
+}
+
+/// `GET /v1/nodes/{node}/ports`.
+pub async fn list_for_node(
+    State(state): State<AppState>,
+    version: ApiVersion,
+    BaseUrl(base): BaseUrl,
+    Path(ident): Path<String>,
+    query: QueryParams,
+) -> Result<Json<Value>, Error> {
+    list_ports(state, version, base, query, Some(ident), false).await
+}
+
+async fn list_ports(
+    state: AppState,
+    version: ApiVersion,
+    base: String,
+    query: QueryParams,
+    node_path: Option<String>,
+    detail_path: bool,
+) -> Result<Json<Value>, Error> {
+    query.only(&["node", "node_uuid", "address", "fields", "detail"])?;
+    let detail = query.flag("detail")?.unwrap_or(false) || detail_path;
+    let fields = query.get("fields").map(|text| parse_fields(text, version)).transpose()?;
+    if detail && fields.is_some() {
+        return Err(Error::Invalid("Can not specify ?detail=True and fields in the same request.".to_owned()));
+    }
+    let node = node_path.as_deref().or(query.get("node")).or(query.get("node_uuid"));
+    let node = node.map(|ident| NodeIdent::parse(ident, version)).transpose()?;
+    let address = match query.get("address") {
+        Some(raw) => Some(
+            normalize_mac(raw).ok_or_else(|| Error::Invalid(format!("Expected a MAC address but received {raw}.")))?,
+        ),
+        None => None,
+    };
+    let ports = state
+        .store
+        .run(move |tx| {
+            let node_uuid = node.map(|ident| ident.load(tx)).transpose()?.map(|node| node.uuid);
+            Ok::<_, Error>(tx.list_ports(node_uuid.as_deref(), address.as_deref())?)
+        })
+        .await?;
+    let defaults: Vec<String> = DEFAULT_LIST_FIELDS.iter().map(|name| (*name).to_owned()).collect();
+    let selection = match (&fields, detail) {
+        (Some(fields), _) => Some(fields.as_slice()),
+        (None, true) => None,
+        (None, false) => Some(defaults.as_slice()),
+    };
+    let rendered: Vec<Value> = ports.iter().map(|port| render(port, version, &base, selection)).collect();
+    Ok(Json(json!({ "ports": rendered })))
+}
+
+fn port_uuid(ident: &str) -> Result<String, Error> {
+    uuid::Uuid::parse_str(ident)
+        .map(|parsed| parsed.hyphenated().to_string())
+        .map_err(|_| Error::PortNotFound(ident.to_owned()))
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    version: ApiVersion,
+    BaseUrl(base): BaseUrl,
+    Path(ident): Path<String>,
+    query: QueryParams,
+) -> Result<Json<Value>, Error> {
+    query.only(&["fields"])?;
+    let fields = query.get("fields").map(|text| parse_fields(text, version)).transpose()?;
+    let uuid = port_uuid(&ident)?;
+    let port = state.store.run(move |tx| tx.port_by_uuid(&uuid)?.ok_or(Error::PortNotFound(ident))).await?;
+    Ok(Json(render(&port, version, &base, fields.as_deref())))
+}
+
+pub async fn delete(State(state): State<AppState>, Path(ident): Path<String>) -> Result<StatusCode, Error> {
+    let uuid = port_uuid(&ident)?;
+    state.store.run(move |tx| if tx.delete_port(&uuid)? { Ok(()) } else { Err(Error::PortNotFound(ident)) }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

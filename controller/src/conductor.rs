@@ -1,0 +1,531 @@
+//! What Ironic's conductor does, minus hardware: provisioning actions, agent lookup and
+//! heartbeat dispatch, and the deploy call-back timeout. Every function runs inside one
+//! store transaction, so each change to a node is atomic.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ferric_protocol::{
+    Command, CommandStatus, Heartbeat, HeartbeatResponse, ImageInfo, LookupConfig, LookupNode, LookupResponse, Task,
+    MASKED_TOKEN,
+};
+use serde_json::{json, Value};
+use tokio::time::MissedTickBehavior;
+
+use crate::agent_token;
+use crate::error::Error;
+use crate::fsm::{self, Event, ProvisionState, Verb};
+use crate::model::{timestamp, HistoryEvent, JsonObject, Node, Severity};
+use crate::store::{Store, StoreError, Tx};
+
+/// Ironic's `[api]ramdisk_heartbeat_timeout`, told to the agent by lookup.
+pub const RAMDISK_HEARTBEAT_TIMEOUT_SECS: u64 = 300;
+/// How many of the agent's last log lines are kept on the node.
+pub const LOG_TAIL_LINES: usize = 50;
+
+/// `driver_internal_info` keys written from heartbeats.
+pub const AGENT_LAST_HEARTBEAT: &str = "agent_last_heartbeat";
+pub const AGENT_VERSION: &str = "agent_version";
+pub const AGENT_PROGRESS: &str = "agent_progress";
+pub const AGENT_LOG_TAIL: &str = "agent_log_tail";
+pub const AGENT_COMMAND: &str = "agent_command";
+/// The task assigned to the agent and not yet reported finished.
+pub const AGENT_TASK: &str = "agent_task";
+
+/// History `event_type`s.
+const EVENT_TYPE_PROVISIONING: &str = "provisioning";
+const EVENT_TYPE_DEPLOY: &str = "deploy";
+
+#[derive(Debug, Clone)]
+pub struct Conductor {
+    /// Recorded as `conductor` in history and on nodes.
+    pub name: String,
+    pub heartbeat_interval: Duration,
+    pub deploy_callback_timeout: Duration,
+}
+
+impl Conductor {
+    /// Applies a provisioning verb. The state change, and the immediate follow-ups of
+    /// operations that have no hardware work yet, happen before this returns.
+    pub fn provision(&self, tx: &Tx<'_>, mut node: Node, verb: Verb, now: DateTime<Utc>) -> Result<Node, Error> {
+        let event = verb.event();
+        if fsm::next_state(node.provision_state, event).is_none() {
+            return Err(Error::InvalidStateRequested {
+                action: verb.as_str().to_owned(),
+                node: node.uuid.clone(),
+                state: node.provision_state.to_string(),
+            });
+        }
+        let change = Change { tx, conductor: self, now };
+        let requested = format!("Provisioning action \"{}\" requested", verb.as_str());
+        match verb {
+            Verb::Manage => {
+                change.apply(&mut node, event, &requested)?;
+                if node.provision_state == ProvisionState::Verifying {
+                    change.apply(&mut node, Event::Done, "Verification finished: no BMC to check yet")?;
+                }
+            }
+            Verb::Provide => {
+                change.apply(&mut node, event, &requested)?;
+                change.apply(&mut node, Event::Done, "Cleaning finished: no clean steps yet")?;
+            }
+            Verb::Active | Verb::Deploy | Verb::Rebuild => {
+                if node.maintenance {
+                    return Err(Error::Invalid(format!(
+                        "The {} operation can't be performed on node {} because it's in maintenance mode.",
+                        verb.as_str(),
+                        node.uuid
+                    )));
+                }
+                if verb == Verb::Rebuild {
+                    refuse_if_protected(&node)?;
+                }
+                validate_deploy_image(&node)?;
+                wipe_agent_state(&mut node);
+                change.apply(&mut node, event, &requested)?;
+                change.apply(&mut node, Event::Wait, "Waiting for the agent to call back")?;
+            }
+            Verb::Deleted | Verb::Undeploy => {
+                refuse_if_protected(&node)?;
+                wipe_agent_state(&mut node);
+                change.apply(&mut node, event, &requested)?;
+                node.instance_info = JsonObject::new();
+                node.instance_uuid = None;
+                change.apply(&mut node, Event::Clean, "Tear down finished: instance_info cleared")?;
+                change.apply(&mut node, Event::Done, "Cleaning finished: no clean steps yet")?;
+            }
+            Verb::Abort if node.provision_state == ProvisionState::DeployWait => {
+                node.last_error = Some("Deploy aborted".to_owned());
+                node.deploy_step = JsonObject::new();
+                node.driver_internal_info.remove(AGENT_TASK);
+                change.apply(&mut node, event, &requested)?;
+            }
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "The requested action \"{}\" is not supported by Ferric yet.",
+                    verb.as_str()
+                )))
+            }
+        }
+        change.save(&mut node)?;
+        Ok(node)
+    }
+
+    /// Answers an agent's lookup for `node`, handing out its token the first time.
+    pub fn lookup(&self, tx: &Tx<'_>, mut node: Node, now: DateTime<Utc>) -> Result<LookupResponse, Error> {
+        if !fsm::LOOKUP_ALLOWED_STATES.contains(&node.provision_state) {
+            return Err(Error::ResourceNotFound);
+        }
+        let agent_token = if node.agent_token_hash.is_some() {
+            MASKED_TOKEN.to_owned()
+        } else {
+            let token = agent_token::generate();
+            node.agent_token_hash = Some(agent_token::hash(&token));
+            Change { tx, conductor: self, now }.save(&mut node)?;
+            token
+        };
+        Ok(LookupResponse {
+            node: LookupNode {
+                uuid: node.uuid,
+                name: node.name,
+                properties: Value::Object(node.properties),
+                instance_info: Value::Object(crate::secrets::mask_object(&node.instance_info)),
+            },
+            config: LookupConfig {
+                heartbeat_timeout: RAMDISK_HEARTBEAT_TIMEOUT_SECS,
+                heartbeat_interval: self.heartbeat_interval.as_secs().max(1),
+                agent_token,
+                agent_token_required: true,
+            },
+        })
+    }
+
+    /// Records a heartbeat and decides the agent's next task.
+    pub fn heartbeat(
+        &self,
+        tx: &Tx<'_>,
+        mut node: Node,
+        heartbeat: Heartbeat,
+        now: DateTime<Utc>,
+    ) -> Result<HeartbeatResponse, Error> {
+        if !agent_token::matches(node.agent_token_hash.as_deref(), &heartbeat.agent_token) {
+            return Err(Error::InvalidAgentToken);
+        }
+        let change = Change { tx, conductor: self, now };
+        record_heartbeat(&mut node, &heartbeat, now);
+        if let Some(inventory) = &heartbeat.inventory {
+            let inventory = serde_json::to_value(inventory).unwrap_or(Value::Null);
+            tx.put_inventory(&node.uuid, &inventory, &timestamp(now))?;
+        }
+        let task = match node.provision_state {
+            ProvisionState::DeployWait => {
+                node.provision_updated_at = Some(timestamp(now));
+                change.dispatch_deploy(&mut node, &heartbeat)?
+            }
+            ProvisionState::Active => pending_reboot(&mut node, &heartbeat),
+            _ => None,
+        };
+        change.save(&mut node)?;
+        Ok(HeartbeatResponse { task, heartbeat_interval: self.heartbeat_interval.as_secs().max(1) })
+    }
+
+    /// Fails deploys whose agent has not called back within the deploy call-back timeout.
+    /// Returns the UUIDs of the nodes failed.
+    pub fn fail_expired_deploys(&self, tx: &Tx<'_>, now: DateTime<Utc>) -> Result<Vec<String>, Error> {
+        let timeout = chrono::Duration::from_std(self.deploy_callback_timeout).unwrap_or(chrono::Duration::MAX);
+        let cutoff = now.checked_sub_signed(timeout).unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let change = Change { tx, conductor: self, now };
+        let mut failed = Vec::new();
+        for mut node in tx.nodes_in_state_since(ProvisionState::DeployWait, &timestamp(cutoff))? {
+            let reason = format!("Timeout reached while waiting for callback for node {}", node.uuid);
+            change.fail_deploy(&mut node, &reason)?;
+            change.save(&mut node)?;
+            failed.push(node.uuid);
+        }
+        Ok(failed)
+    }
+}
+
+/// Periodically fails deploys whose agent stopped calling back; never returns.
+pub async fn watch_deploy_timeouts(store: Store, conductor: Conductor, every: Duration) -> Infallible {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let checker = conductor.clone();
+        if let Err(error) = store.run(move |tx| checker.fail_expired_deploys(tx, Utc::now())).await {
+            tracing::error!(error = %error, "checking deploy call-back timeouts failed");
+        }
+    }
+}
+
+/// One operation's changes to nodes, all stamped with the same time.
+struct Change<'a, 'tx> {
+    tx: &'a Tx<'tx>,
+    conductor: &'a Conductor,
+    now: DateTime<Utc>,
+}
+
+impl Change<'_, '_> {
+    /// Fires `event`, updates the target state and records the transition in the history.
+    fn apply(&self, node: &mut Node, event: Event, cause: &str) -> Result<(), Error> {
+        self.transition(node, event, Severity::Info, EVENT_TYPE_PROVISIONING, cause)
+    }
+
+    fn transition(
+        &self,
+        node: &mut Node,
+        event: Event,
+        severity: Severity,
+        event_type: &str,
+        cause: &str,
+    ) -> Result<(), Error> {
+        let from = node.provision_state;
+        let to = fsm::next_state(from, event).ok_or_else(|| Error::InvalidStateRequested {
+            action: event.as_str().to_owned(),
+            node: node.uuid.clone(),
+            state: from.to_string(),
+        })?;
+        node.provision_state = to;
+        node.target_provision_state = fsm::target_after(node.target_provision_state, to, None);
+        node.provision_updated_at = Some(timestamp(self.now));
+        tracing::info!(node = %node.uuid, %from, %to, %event, "{cause}");
+        self.record(node, severity, event_type, cause, Some(from), Some(to))
+    }
+
+    fn record(
+        &self,
+        node: &Node,
+        severity: Severity,
+        event_type: &str,
+        event: &str,
+        from: Option<ProvisionState>,
+        to: Option<ProvisionState>,
+    ) -> Result<(), Error> {
+        self.tx.insert_history(&HistoryEvent {
+            uuid: uuid::Uuid::new_v4().to_string(),
+            node_uuid: node.uuid.clone(),
+            created_at: timestamp(self.now),
+            severity,
+            event_type: event_type.to_owned(),
+            event: event.to_owned(),
+            conductor: Some(self.conductor.name.clone()),
+            user: None,
+            from_state: from.map(|state| state.to_string()),
+            to_state: to.map(|state| state.to_string()),
+        })?;
+        Ok(())
+    }
+
+    fn save(&self, node: &mut Node) -> Result<(), StoreError> {
+        node.updated_at = Some(timestamp(self.now));
+        self.tx.update_node(node)
+    }
+
+    /// Moves a node in `wait call-back` to `deploy failed` with `reason` as its last error.
+    fn fail_deploy(&self, node: &mut Node, reason: &str) -> Result<(), Error> {
+        tracing::warn!(node = %node.uuid, "{reason}");
+        node.last_error = Some(reason.to_owned());
+        node.deploy_step = JsonObject::new();
+        node.driver_internal_info.remove(AGENT_TASK);
+        self.transition(node, Event::Fail, Severity::Error, EVENT_TYPE_DEPLOY, reason)
+    }
+
+    /// The deploy's next task for a heartbeat in `wait call-back`.
+    fn dispatch_deploy(&self, node: &mut Node, heartbeat: &Heartbeat) -> Result<Option<Task>, Error> {
+        let Some(task) = assigned_task(node) else {
+            let task = Task {
+                id: uuid::Uuid::new_v4().to_string(),
+                command: Command::WriteImage { image_info: image_info(node) },
+            };
+            node.deploy_step = json_object(json!({
+                "interface": "deploy", "step": "write_image", "args": {}, "priority": 80
+            }));
+            assign_task(node, &task);
+            let event = format!("Deploy step deploy.write_image sent to the agent as task {}", task.id);
+            self.record(node, Severity::Info, EVENT_TYPE_DEPLOY, &event, None, None)?;
+            return Ok(Some(task));
+        };
+        let Some(report) = heartbeat.command.as_ref().filter(|command| command.id == task.id) else {
+            // The agent does not know the task (it restarted, or missed the answer): send it again.
+            return Ok(Some(task));
+        };
+        match report.command_status {
+            CommandStatus::Running => Ok(None),
+            CommandStatus::Failed => {
+                let error = report.command_error.as_deref().unwrap_or("the agent gave no reason");
+                self.fail_deploy(node, &format!("Deploy step deploy.write_image failed: {error}"))?;
+                Ok(None)
+            }
+            CommandStatus::Succeeded => {
+                node.driver_internal_info.remove(AGENT_TASK);
+                self.apply(node, Event::Resume, "Deploy step deploy.write_image succeeded")?;
+                node.deploy_step = JsonObject::new();
+                node.last_error = None;
+                self.apply(node, Event::Done, "Deployment finished: rebooting into the instance")?;
+                let reboot = Task { id: uuid::Uuid::new_v4().to_string(), command: Command::Reboot };
+                assign_task(node, &reboot);
+                Ok(Some(reboot))
+            }
+        }
+    }
+}
+
+/// Ironic's `NodeProtected`.
+pub fn refuse_if_protected(node: &Node) -> Result<(), Error> {
+    if node.protected {
+        return Err(Error::Forbidden(format!(
+            "Node {} is protected and cannot be undeployed, rebuilt or deleted",
+            node.uuid
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that `instance_info` says what to write and how to verify it, naming what is missing.
+fn validate_deploy_image(node: &Node) -> Result<(), Error> {
+    let info = &node.instance_info;
+    let present = |key: &str| info.get(key).is_some_and(|value| !value.is_null() && value != "");
+    let mut missing = Vec::new();
+    if !present("image_source") {
+        missing.push("instance_info.image_source");
+    }
+    match (present("image_os_hash_algo"), present("image_os_hash_value")) {
+        (true, true) => {}
+        (true, false) => missing.push("instance_info.image_os_hash_value"),
+        (false, true) => missing.push("instance_info.image_os_hash_algo"),
+        (false, false) if !present("image_checksum") => missing.push("instance_info.image_checksum"),
+        (false, false) => {}
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let listed: Vec<String> = missing.iter().map(|name| format!("'{name}'")).collect();
+    Err(Error::Invalid(format!(
+        "Cannot validate image information for node {} because one or more parameters are missing from its \
+         instance_info. Missing are: [{}]",
+        node.uuid,
+        listed.join(", ")
+    )))
+}
+
+/// Forgets the previous agent: its token, task, step and reports.
+fn wipe_agent_state(node: &mut Node) {
+    node.agent_token_hash = None;
+    node.deploy_step = JsonObject::new();
+    node.driver_internal_info.retain(|key, _| !key.starts_with("agent_"));
+}
+
+fn record_heartbeat(node: &mut Node, heartbeat: &Heartbeat, now: DateTime<Utc>) {
+    let info = &mut node.driver_internal_info;
+    info.insert(AGENT_LAST_HEARTBEAT.to_owned(), Value::String(timestamp(now)));
+    info.insert(AGENT_VERSION.to_owned(), Value::String(heartbeat.agent_version.clone()));
+    match &heartbeat.progress {
+        Some(progress) => info.insert(AGENT_PROGRESS.to_owned(), to_json(progress)),
+        None => info.remove(AGENT_PROGRESS),
+    };
+    let skip = heartbeat.log_tail.len().saturating_sub(LOG_TAIL_LINES);
+    let tail: Vec<Value> = heartbeat.log_tail[skip..].iter().cloned().map(Value::String).collect();
+    info.insert(AGENT_LOG_TAIL.to_owned(), Value::Array(tail));
+    if let Some(command) = &heartbeat.command {
+        info.insert(AGENT_COMMAND.to_owned(), to_json(command));
+    }
+}
+
+/// The Reboot sent when the deploy finished, until the agent reports it: an agent that
+/// missed the answer keeps heartbeating on an `active` node and must still reboot.
+fn pending_reboot(node: &mut Node, heartbeat: &Heartbeat) -> Option<Task> {
+    let task = assigned_task(node).filter(|task| task.command == Command::Reboot)?;
+    if heartbeat.command.as_ref().is_some_and(|command| command.id == task.id) {
+        node.driver_internal_info.remove(AGENT_TASK);
+        return None;
+    }
+    Some(task)
+}
+
+fn assigned_task(node: &Node) -> Option<Task> {
+    node.driver_internal_info.get(AGENT_TASK).and_then(|task| serde_json::from_value(task.clone()).ok())
+}
+
+fn assign_task(node: &mut Node, task: &Task) {
+    node.driver_internal_info.insert(AGENT_TASK.to_owned(), to_json(task));
+}
+
+/// IPA's `image_info` from the node's `instance_info` and root device hints.
+fn image_info(node: &Node) -> ImageInfo {
+    let text = |key: &str| node.instance_info.get(key).and_then(Value::as_str).map(str::to_owned);
+    let source = text("image_source").unwrap_or_default();
+    ImageInfo {
+        id: source.clone(),
+        urls: vec![source],
+        checksum: text("image_checksum"),
+        os_hash_algo: text("image_os_hash_algo"),
+        os_hash_value: text("image_os_hash_value"),
+        disk_format: text("image_disk_format"),
+        root_device: node.properties.get("root_device").cloned(),
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+fn json_object(value: Value) -> JsonObject {
+    match value {
+        Value::Object(object) => object,
+        _ => JsonObject::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferric_protocol::CommandResult;
+
+    const UUID: &str = "0c7e1a1e-5c3f-4f7b-9a5e-3f1f6f0f2a11";
+
+    fn conductor(timeout: Duration) -> Conductor {
+        Conductor { name: "test".into(), heartbeat_interval: Duration::from_secs(2), deploy_callback_timeout: timeout }
+    }
+
+    fn available_node() -> Node {
+        let mut node = Node::new(UUID.into(), "fake-hardware".into(), ProvisionState::Available, "t0".into());
+        node.instance_info = json_object(json!({"image_source": "http://img/disk.raw", "image_checksum": "ab"}));
+        node
+    }
+
+    async fn with_node<T: Send + 'static>(
+        node: Node,
+        work: impl FnOnce(&Tx<'_>, Node) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let store = Store::open_in_memory().unwrap();
+        store
+            .run(move |tx| {
+                tx.insert_node(&node)?;
+                work(tx, node)
+            })
+            .await
+    }
+
+    fn heartbeat(token: &str, command: Option<CommandResult>) -> Heartbeat {
+        Heartbeat {
+            agent_token: token.into(),
+            agent_version: "1".into(),
+            command,
+            progress: None,
+            log_tail: vec![],
+            inventory: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn deploy_without_checksum_names_the_missing_field() {
+        let mut node = available_node();
+        node.instance_info.remove("image_checksum");
+        let result = with_node(node, |tx, node| {
+            conductor(Duration::from_secs(60)).provision(tx, node, Verb::Active, Utc::now())
+        })
+        .await;
+        let message = result.unwrap_err().to_string();
+        assert!(message.contains("'instance_info.image_checksum'"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn expired_deploys_fail_and_fresh_ones_stay() {
+        let failed = with_node(available_node(), |tx, node| {
+            let conductor = conductor(Duration::from_secs(60));
+            let start = Utc::now();
+            let node = conductor.provision(tx, node, Verb::Active, start)?;
+            assert_eq!(node.provision_state, ProvisionState::DeployWait);
+            let early = conductor.fail_expired_deploys(tx, start + chrono::Duration::seconds(30))?;
+            assert!(early.is_empty());
+            let late = conductor.fail_expired_deploys(tx, start + chrono::Duration::seconds(61))?;
+            let node = tx.node_by_uuid(UUID)?.unwrap();
+            Ok((late, node))
+        })
+        .await
+        .unwrap();
+        let (late, node) = failed;
+        assert_eq!(late, vec![UUID.to_owned()]);
+        assert_eq!(node.provision_state, ProvisionState::DeployFailed);
+        assert_eq!(node.target_provision_state, Some(ProvisionState::Active));
+        assert_eq!(node.last_error.unwrap(), format!("Timeout reached while waiting for callback for node {UUID}"));
+    }
+
+    #[tokio::test]
+    async fn a_restarted_agent_gets_its_task_again() {
+        let (first, second, third) = with_node(available_node(), |tx, node| {
+            let conductor = conductor(Duration::from_secs(60));
+            let node = conductor.provision(tx, node, Verb::Active, Utc::now())?;
+            let node = tx.node_by_uuid(&node.uuid)?.unwrap();
+            let lookup = conductor.lookup(tx, node, Utc::now())?;
+            let token = lookup.config.agent_token;
+            let beat = |command| {
+                let node = tx.node_by_uuid(UUID)?.unwrap();
+                conductor.heartbeat(tx, node, heartbeat(&token, command), Utc::now())
+            };
+            let first = beat(None)?.task.unwrap();
+            let second = beat(Some(stale_report()))?.task.unwrap();
+            let running = CommandResult { id: first.id.clone(), command_name: "write_image".into(), ..stale_report() };
+            let third = beat(Some(running))?.task;
+            Ok((first, second, third))
+        })
+        .await
+        .unwrap();
+        assert!(matches!(first.command, Command::WriteImage { .. }));
+        assert_eq!(second, first);
+        assert_eq!(third, None);
+    }
+
+    /// A report of a task from the agent's previous life.
+    fn stale_report() -> CommandResult {
+        CommandResult {
+            id: "old".into(),
+            command_name: "write_image".into(),
+            command_status: CommandStatus::Running,
+            command_error: None,
+            command_result: None,
+        }
+    }
+}

@@ -1,0 +1,554 @@
+//! Embedded SQLite storage: one file, one connection behind a mutex.
+//!
+//! Callers run a closure in one transaction on a blocking thread ([`Store::run`]), so a
+//! read-modify-write of a node is atomic and never blocks the async runtime. All SQL lives here.
+
+mod migrations;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use rusqlite::types::{Value as SqlValue, ValueRef};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, Transaction};
+use serde_json::{Map, Value};
+
+use crate::fsm::ProvisionState;
+use crate::model::{HistoryEvent, JsonObject, Node, Port, StoredInventory};
+
+pub use migrations::MIGRATIONS;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open database {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("database schema version {found} is newer than this controller's {supported}")]
+    SchemaTooNew { found: usize, supported: usize },
+    #[error("migration {version} failed")]
+    Migration {
+        version: usize,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("database error")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("stored row of {table} does not decode")]
+    Decode {
+        table: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("unique constraint failed on {column}")]
+    Duplicate { column: String },
+    #[error("database worker thread failed")]
+    Worker(#[source] tokio::task::JoinError),
+}
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    connection: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database file and applies pending migrations.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let connection =
+            Connection::open(path).map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        connection.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
+        Self::from_connection(connection)
+    }
+
+    /// A private in-memory database, for tests.
+    pub fn open_in_memory() -> Result<Store, StoreError> {
+        Self::from_connection(Connection::open_in_memory()?)
+    }
+
+    fn from_connection(mut connection: Connection) -> Result<Store, StoreError> {
+        connection.pragma_update(None, "foreign_keys", true)?;
+        migrate(&mut connection)?;
+        Ok(Store { connection: Arc::new(Mutex::new(connection)) })
+    }
+
+    /// Runs `work` in one transaction, committed if it returns `Ok`, rolled back otherwise.
+    pub async fn run<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        F: FnOnce(&Tx<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let connection = Arc::clone(&self.connection);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = connection.lock().unwrap_or_else(PoisonError::into_inner);
+            let tx = Tx(guard.transaction().map_err(StoreError::from)?);
+            let value = work(&tx)?;
+            tx.0.commit().map_err(StoreError::from)?;
+            Ok(value)
+        })
+        .await
+        .map_err(|error| E::from(StoreError::Worker(error)))?
+    }
+
+    /// The schema version recorded in the file.
+    pub fn schema_version(&self) -> Result<usize, StoreError> {
+        let connection = self.connection.lock().unwrap_or_else(PoisonError::into_inner);
+        user_version(&connection)
+    }
+}
+
+fn user_version(connection: &Connection) -> Result<usize, StoreError> {
+    let version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    Ok(usize::try_from(version).unwrap_or(0))
+}
+
+/// Applies the migrations the file lacks, all in one transaction with the version bump.
+fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
+    let tx = connection.transaction()?;
+    let found = user_version(&tx)?;
+    if found > MIGRATIONS.len() {
+        return Err(StoreError::SchemaTooNew { found, supported: MIGRATIONS.len() });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(found) {
+        let version = index + 1;
+        tx.execute_batch(sql).map_err(|source| StoreError::Migration { version, source })?;
+        tracing::info!(version, "applied database migration");
+    }
+    tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Node columns holding JSON objects, and those holding booleans (SQLite integers).
+const NODE_JSON_COLUMNS: &[&str] = &[
+    "properties",
+    "instance_info",
+    "driver_info",
+    "driver_internal_info",
+    "extra",
+    "deploy_step",
+    "network_data",
+    "interfaces",
+];
+const NODE_BOOL_COLUMNS: &[&str] =
+    &["maintenance", "secure_boot", "automated_clean", "console_enabled", "protected", "retired", "disable_power_off"];
+
+/// Filters of a node listing.
+#[derive(Debug, Clone, Default)]
+pub struct NodeQuery {
+    pub provision_state: Option<ProvisionState>,
+    pub driver: Option<String>,
+    pub maintenance: Option<bool>,
+    pub associated: Option<bool>,
+    /// Only nodes created after this one (pagination).
+    pub marker: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// An open transaction with the controller's queries.
+pub struct Tx<'conn>(Transaction<'conn>);
+
+impl Tx<'_> {
+    pub fn insert_node(&self, node: &Node) -> Result<(), StoreError> {
+        let columns = node_columns(node)?;
+        let names: Vec<&str> = columns.iter().map(|(name, _)| name.as_str()).collect();
+        let placeholders: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
+        let sql = format!("INSERT INTO nodes ({}) VALUES ({})", names.join(", "), placeholders.join(", "));
+        let values: Vec<SqlValue> = columns.into_iter().map(|(_, value)| value).collect();
+        self.0.execute(&sql, rusqlite::params_from_iter(values)).map_err(constraint_error)?;
+        Ok(())
+    }
+
+    /// Writes every field of `node` (found by uuid).
+    pub fn update_node(&self, node: &Node) -> Result<(), StoreError> {
+        let columns = node_columns(node)?;
+        let assignments: Vec<String> =
+            columns.iter().enumerate().map(|(i, (name, _))| format!("{name} = ?{}", i + 1)).collect();
+        let sql = format!("UPDATE nodes SET {} WHERE uuid = ?{}", assignments.join(", "), columns.len() + 1);
+        let mut values: Vec<SqlValue> = columns.into_iter().map(|(_, value)| value).collect();
+        values.push(SqlValue::Text(node.uuid.clone()));
+        self.0.execute(&sql, rusqlite::params_from_iter(values)).map_err(constraint_error)?;
+        Ok(())
+    }
+
+    pub fn node_by_uuid(&self, uuid: &str) -> Result<Option<Node>, StoreError> {
+        self.query_nodes("SELECT * FROM nodes WHERE uuid = ?1", params![uuid]).map(|mut nodes| nodes.pop())
+    }
+
+    pub fn node_by_name(&self, name: &str) -> Result<Option<Node>, StoreError> {
+        self.query_nodes("SELECT * FROM nodes WHERE name = ?1", params![name]).map(|mut nodes| nodes.pop())
+    }
+
+    pub fn list_nodes(&self, query: &NodeQuery) -> Result<Vec<Node>, StoreError> {
+        let mut conditions = Vec::new();
+        let mut values: Vec<SqlValue> = Vec::new();
+        if let Some(state) = query.provision_state {
+            values.push(SqlValue::Text(state.as_str().to_owned()));
+            conditions.push(format!("provision_state = ?{}", values.len()));
+        }
+        if let Some(driver) = &query.driver {
+            values.push(SqlValue::Text(driver.clone()));
+            conditions.push(format!("driver = ?{}", values.len()));
+        }
+        if let Some(maintenance) = query.maintenance {
+            values.push(SqlValue::Integer(maintenance.into()));
+            conditions.push(format!("maintenance = ?{}", values.len()));
+        }
+        if let Some(associated) = query.associated {
+            conditions.push(if associated { "instance_uuid IS NOT NULL" } else { "instance_uuid IS NULL" }.to_owned());
+        }
+        if let Some(marker) = &query.marker {
+            values.push(SqlValue::Text(marker.clone()));
+            conditions.push(format!("id > (SELECT id FROM nodes WHERE uuid = ?{})", values.len()));
+        }
+        let mut sql = String::from("SELECT * FROM nodes");
+        if !conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conditions.join(" AND "));
+        }
+        sql.push_str(" ORDER BY id");
+        if let Some(limit) = query.limit {
+            sql.push_str(&format!(" LIMIT {limit}"));
+        }
+        self.query_nodes(&sql, rusqlite::params_from_iter(values))
+    }
+
+    /// Nodes in `state` whose provision state was last touched before `cutoff` (a [`crate::model::timestamp`]).
+    pub fn nodes_in_state_since(&self, state: ProvisionState, cutoff: &str) -> Result<Vec<Node>, StoreError> {
+        self.query_nodes(
+            "SELECT * FROM nodes WHERE provision_state = ?1 AND provision_updated_at < ?2 ORDER BY id",
+            params![state.as_str(), cutoff],
+        )
+    }
+
+    /// Deletes a node with its ports, history and inventory.
+    pub fn delete_node(&self, uuid: &str) -> Result<bool, StoreError> {
+        Ok(self.0.execute("DELETE FROM nodes WHERE uuid = ?1", params![uuid])? > 0)
+    }
+
+    /// The nodes owning ports with any of these (normalised) addresses.
+    pub fn nodes_by_port_addresses(&self, addresses: &[String]) -> Result<Vec<Node>, StoreError> {
+        if addresses.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders: Vec<String> = (1..=addresses.len()).map(|i| format!("?{i}")).collect();
+        let sql = format!(
+            "SELECT * FROM nodes WHERE uuid IN (SELECT node_uuid FROM ports WHERE address IN ({})) ORDER BY id",
+            placeholders.join(", ")
+        );
+        self.query_nodes(&sql, rusqlite::params_from_iter(addresses))
+    }
+
+    fn query_nodes(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<Node>, StoreError> {
+        let mut statement = self.0.prepare(sql)?;
+        let rows =
+            statement.query_map(params, |row| Ok(row_to_object(row, "nodes", NODE_JSON_COLUMNS, NODE_BOOL_COLUMNS)))?;
+        let mut nodes = Vec::new();
+        for row in rows {
+            let object = row??;
+            nodes.push(
+                serde_json::from_value(Value::Object(object))
+                    .map_err(|source| StoreError::Decode { table: "nodes", source })?,
+            );
+        }
+        Ok(nodes)
+    }
+
+    pub fn insert_port(&self, port: &Port) -> Result<(), StoreError> {
+        self.0
+            .execute(
+                "INSERT INTO ports (uuid, address, node_uuid, pxe_enabled, extra, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    port.uuid,
+                    port.address,
+                    port.node_uuid,
+                    port.pxe_enabled,
+                    Value::Object(port.extra.clone()).to_string(),
+                    port.created_at,
+                    port.updated_at,
+                ],
+            )
+            .map_err(constraint_error)?;
+        Ok(())
+    }
+
+    pub fn port_by_uuid(&self, uuid: &str) -> Result<Option<Port>, StoreError> {
+        self.query_ports("SELECT * FROM ports WHERE uuid = ?1", params![uuid]).map(|mut ports| ports.pop())
+    }
+
+    /// Ports, optionally only a node's or only one address, oldest first.
+    pub fn list_ports(&self, node_uuid: Option<&str>, address: Option<&str>) -> Result<Vec<Port>, StoreError> {
+        self.query_ports(
+            "SELECT * FROM ports WHERE (?1 IS NULL OR node_uuid = ?1) AND (?2 IS NULL OR address = ?2) ORDER BY id",
+            params![node_uuid, address],
+        )
+    }
+
+    pub fn delete_port(&self, uuid: &str) -> Result<bool, StoreError> {
+        Ok(self.0.execute("DELETE FROM ports WHERE uuid = ?1", params![uuid])? > 0)
+    }
+
+    fn query_ports(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<Port>, StoreError> {
+        let mut statement = self.0.prepare(sql)?;
+        let rows = statement.query_map(params, |row| Ok(row_to_object(row, "ports", &["extra"], &["pxe_enabled"])))?;
+        let mut ports = Vec::new();
+        for row in rows {
+            let object = row??;
+            ports.push(
+                serde_json::from_value(Value::Object(object))
+                    .map_err(|source| StoreError::Decode { table: "ports", source })?,
+            );
+        }
+        Ok(ports)
+    }
+
+    pub fn insert_history(&self, event: &HistoryEvent) -> Result<(), StoreError> {
+        self.0.execute(
+            "INSERT INTO node_history
+             (uuid, node_uuid, created_at, severity, event_type, event, conductor, user, from_state, to_state)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                event.uuid,
+                event.node_uuid,
+                event.created_at,
+                event.severity.as_str(),
+                event.event_type,
+                event.event,
+                event.conductor,
+                event.user,
+                event.from_state,
+                event.to_state,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// A node's history, oldest first.
+    pub fn history(&self, node_uuid: &str) -> Result<Vec<HistoryEvent>, StoreError> {
+        let mut statement = self.0.prepare("SELECT * FROM node_history WHERE node_uuid = ?1 ORDER BY id")?;
+        let rows = statement.query_map(params![node_uuid], |row| Ok(row_to_object(row, "node_history", &[], &[])))?;
+        let mut events = Vec::new();
+        for row in rows {
+            let object = row??;
+            events.push(
+                serde_json::from_value(Value::Object(object))
+                    .map_err(|source| StoreError::Decode { table: "node_history", source })?,
+            );
+        }
+        Ok(events)
+    }
+
+    /// Stores (replacing) a node's inventory.
+    pub fn put_inventory(&self, node_uuid: &str, inventory: &Value, created_at: &str) -> Result<(), StoreError> {
+        self.0.execute(
+            "INSERT INTO node_inventory (node_uuid, inventory, plugin_data, created_at) VALUES (?1, ?2, '{}', ?3)
+             ON CONFLICT (node_uuid) DO UPDATE SET inventory = excluded.inventory, created_at = excluded.created_at",
+            params![node_uuid, inventory.to_string(), created_at],
+        )?;
+        Ok(())
+    }
+
+    pub fn inventory(&self, node_uuid: &str) -> Result<Option<StoredInventory>, StoreError> {
+        let row = self
+            .0
+            .query_row(
+                "SELECT inventory, plugin_data, created_at FROM node_inventory WHERE node_uuid = ?1",
+                params![node_uuid],
+                |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?)),
+            )
+            .optional()?;
+        row.map(|(inventory, plugin_data, created_at)| {
+            let decode = |text: &str| {
+                serde_json::from_str(text).map_err(|source| StoreError::Decode { table: "node_inventory", source })
+            };
+            Ok(StoredInventory { inventory: decode(&inventory)?, plugin_data: decode(&plugin_data)?, created_at })
+        })
+        .transpose()
+    }
+}
+
+/// A node's fields as (column, SQL value) pairs, from its serde form.
+fn node_columns(node: &Node) -> Result<Vec<(String, SqlValue)>, StoreError> {
+    let Value::Object(fields) =
+        serde_json::to_value(node).map_err(|source| StoreError::Decode { table: "nodes", source })?
+    else {
+        unreachable!("a struct serialises to a JSON object");
+    };
+    Ok(fields.into_iter().map(|(name, value)| (name, to_sql(value))).collect())
+}
+
+fn to_sql(value: Value) -> SqlValue {
+    match value {
+        Value::Null => SqlValue::Null,
+        Value::Bool(flag) => SqlValue::Integer(flag.into()),
+        Value::Number(number) => match number.as_i64() {
+            Some(integer) => SqlValue::Integer(integer),
+            None => SqlValue::Real(number.as_f64().unwrap_or_default()),
+        },
+        Value::String(text) => SqlValue::Text(text),
+        nested @ (Value::Array(_) | Value::Object(_)) => SqlValue::Text(nested.to_string()),
+    }
+}
+
+/// A row as a JSON object keyed by column name (without the internal `id`), decoding the
+/// named JSON and boolean columns, ready for serde.
+fn row_to_object(
+    row: &Row<'_>,
+    table: &'static str,
+    json_columns: &[&str],
+    bool_columns: &[&str],
+) -> Result<JsonObject, StoreError> {
+    let statement = row.as_ref();
+    let mut object = Map::new();
+    for (index, name) in statement.column_names().into_iter().enumerate() {
+        if name == "id" {
+            continue;
+        }
+        let value = match row.get_ref(index)? {
+            ValueRef::Null => Value::Null,
+            ValueRef::Integer(integer) if bool_columns.contains(&name) => Value::Bool(integer != 0),
+            ValueRef::Integer(integer) => Value::from(integer),
+            ValueRef::Real(real) => Value::from(real),
+            ValueRef::Text(text) if json_columns.contains(&name) => {
+                serde_json::from_slice(text).map_err(|source| StoreError::Decode { table, source })?
+            }
+            ValueRef::Text(text) => Value::String(String::from_utf8_lossy(text).into_owned()),
+            ValueRef::Blob(_) => Value::Null,
+        };
+        object.insert(name.to_owned(), value);
+    }
+    Ok(object)
+}
+
+/// Turns a UNIQUE violation into [`StoreError::Duplicate`] naming the column (`nodes.name`).
+fn constraint_error(error: rusqlite::Error) -> StoreError {
+    if let rusqlite::Error::SqliteFailure(failure, Some(message)) = &error {
+        if failure.code == ErrorCode::ConstraintViolation {
+            if let Some(column) = message.strip_prefix("UNIQUE constraint failed: ") {
+                return StoreError::Duplicate { column: column.to_owned() };
+            }
+        }
+    }
+    StoreError::Sqlite(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Severity;
+
+    fn sample_node() -> Node {
+        let mut node = Node::new(
+            "1be26c0b-03f2-4d2e-ae87-c02d7f33c123".into(),
+            "ipmi".into(),
+            ProvisionState::Enroll,
+            "t0".into(),
+        );
+        node.name = Some("node-1".into());
+        node.properties.insert("cpus".into(), Value::from(4));
+        node.driver_info.insert("ipmi_password".into(), Value::from("secret"));
+        node.interfaces.insert("power".into(), Value::from("ipmitool"));
+        node.secure_boot = Some(true);
+        node.automated_clean = Some(false);
+        node.maintenance = true;
+        node.target_provision_state = Some(ProvisionState::Manageable);
+        node
+    }
+
+    #[tokio::test]
+    async fn nodes_round_trip_through_every_column() {
+        let store = Store::open_in_memory().unwrap();
+        let node = sample_node();
+        let stored = node.clone();
+        let back = store
+            .run(move |tx| {
+                tx.insert_node(&stored)?;
+                tx.node_by_uuid(&stored.uuid)
+            })
+            .await
+            .unwrap();
+        assert_eq!(back, Some(node));
+    }
+
+    #[tokio::test]
+    async fn duplicate_names_and_addresses_are_reported_by_column() {
+        let store = Store::open_in_memory().unwrap();
+        let result = store
+            .run(|tx| {
+                let first = sample_node();
+                tx.insert_node(&first)?;
+                let mut second = sample_node();
+                second.uuid = "6a4bbf55-8b47-4a1f-bb3a-4cbc8f6c2fb2".into();
+                tx.insert_node(&second)
+            })
+            .await;
+        assert!(matches!(result, Err(StoreError::Duplicate { column }) if column == "nodes.name"));
+    }
+
+    #[tokio::test]
+    async fn deleting_a_node_removes_its_ports_history_and_inventory() {
+        let store = Store::open_in_memory().unwrap();
+        let counts = store
+            .run(|tx| {
+                let node = sample_node();
+                tx.insert_node(&node)?;
+                let port = Port {
+                    uuid: "p1".into(),
+                    address: "52:54:00:00:00:01".into(),
+                    node_uuid: node.uuid.clone(),
+                    pxe_enabled: true,
+                    extra: JsonObject::new(),
+                    created_at: "t0".into(),
+                    updated_at: None,
+                };
+                tx.insert_port(&port)?;
+                tx.insert_history(&HistoryEvent {
+                    uuid: "h1".into(),
+                    node_uuid: node.uuid.clone(),
+                    created_at: "t0".into(),
+                    severity: Severity::Info,
+                    event_type: "provisioning".into(),
+                    event: "x".into(),
+                    conductor: None,
+                    user: None,
+                    from_state: None,
+                    to_state: None,
+                })?;
+                tx.put_inventory(&node.uuid, &serde_json::json!({"cpu": {}}), "t0")?;
+                let found = tx.nodes_by_port_addresses(&["52:54:00:00:00:01".into()])?.len();
+                tx.delete_node(&node.uuid)?;
+                Ok::<_, StoreError>((
+                    found,
+                    tx.list_ports(None, None)?.len(),
+                    tx.history(&node.uuid)?.len(),
+                    tx.inventory(&node.uuid)?.is_some(),
+                ))
+            })
+            .await
+            .unwrap();
+        assert_eq!(counts, (1, 0, 0, false));
+    }
+
+    #[tokio::test]
+    async fn failed_work_rolls_back() {
+        let store = Store::open_in_memory().unwrap();
+        let result: Result<(), StoreError> = store
+            .run(|tx| {
+                tx.insert_node(&sample_node())?;
+                Err(StoreError::Duplicate { column: "forced".into() })
+            })
+            .await;
+        assert!(result.is_err());
+        let nodes = store.run(|tx| tx.list_nodes(&NodeQuery::default())).await.unwrap();
+        assert!(nodes.is_empty());
+    }
+}
