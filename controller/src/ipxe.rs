@@ -57,6 +57,8 @@ impl BootScript {
                 "# Ferric: fetch this machine's boot script, named by the MAC address iPXE booted from.\n\
                  :fetch\n\
                  chain --autofree {public_url}/ipxe/${{mac:hexhyp}} || goto retry\n\
+                 # The machine's script returned (local boot): hand back to the firmware's next boot option.\n\
+                 exit\n\
                  :retry\n\
                  echo Ferric: fetching {public_url}/ipxe/${{mac:hexhyp}} failed, retrying in {RETRY_DELAY_SECS} seconds\n\
                  sleep {RETRY_DELAY_SECS}\n\
