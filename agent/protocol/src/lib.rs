@@ -17,6 +17,8 @@ pub use inventory::Inventory;
 pub const CMDLINE_API_URL: &str = "ferric.api";
 /// Kernel command-line parameter set by PXE/iPXE with the boot NIC (`BOOTIF=01-aa-bb-..`).
 pub const CMDLINE_BOOTIF: &str = "BOOTIF";
+/// Where the ramdisk holds the agent binary: image-builder puts it there, init runs it.
+pub const AGENT_PATH: &str = "/usr/bin/ferric-agent";
 /// Ironic's microversion header; the agent sends it so the controller applies the agent routes.
 pub const API_VERSION_HEADER: &str = "X-OpenStack-Ironic-API-Version";
 /// The microversion the agent speaks: 1.62 is the first with `agent_token` (as IPA uses).

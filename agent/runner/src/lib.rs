@@ -6,7 +6,7 @@
 //! what was being done and what the tool said, not just "exit status 1".
 
 use std::fmt;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 /// How many trailing stderr lines an error keeps.
 pub const STDERR_TAIL_LINES: usize = 20;
@@ -51,9 +51,22 @@ pub fn command_line(cmd: &Command) -> String {
 
 /// The last [`STDERR_TAIL_LINES`] non-empty lines of `stderr`, joined by newlines.
 pub fn stderr_tail(stderr: &[u8]) -> String {
-    let text = String::from_utf8_lossy(stderr);
+    tail_lines(&String::from_utf8_lossy(stderr), STDERR_TAIL_LINES)
+}
+
+/// The last `count` non-empty lines of `text`, joined by newlines (for logs quoted in errors).
+pub fn tail_lines(text: &str, count: usize) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..].join("\n")
+    lines[lines.len().saturating_sub(count)..].join("\n")
+}
+
+/// Starts a long-running command (a server, a VM) with its description logged; the caller owns
+/// the child and its stdio (set them on `cmd` first, e.g. to a log file whose tail errors quote).
+pub fn spawn(description: impl fmt::Display, cmd: &mut Command) -> Result<Child, CommandError> {
+    let description = description.to_string();
+    let command_line = command_line(cmd);
+    tracing::info!(%description, %command_line, "starting");
+    cmd.spawn().map_err(|source| CommandError::Spawn { description, command_line, source })
 }
 
 /// Runs `cmd` to completion, capturing stdout and stderr.
@@ -97,6 +110,20 @@ mod tests {
         assert!(msg.starts_with("count to thirty: `sh -c"), "{msg}");
         assert!(msg.contains("exit status: 3"), "{msg}");
         assert!(msg.contains("line30") && msg.contains("line11") && !msg.contains("line10\n"), "{msg}");
+    }
+
+    #[test]
+    fn tail_lines_skips_blank_lines_and_keeps_the_last() {
+        assert_eq!(tail_lines("a\n\nb\n  \nc\n", 2), "b\nc");
+        assert_eq!(tail_lines("only\n", 5), "only");
+    }
+
+    #[test]
+    fn spawned_command_runs_and_missing_program_is_named() {
+        let mut child = spawn("sleep briefly", Command::new("sh").args(["-c", "exit 4"])).unwrap();
+        assert_eq!(child.wait().unwrap().code(), Some(4));
+        let err = spawn("start a ghost", &mut Command::new("/nonexistent/ghost")).unwrap_err();
+        assert!(err.to_string().starts_with("start a ghost: could not start"), "{err}");
     }
 
     #[test]
