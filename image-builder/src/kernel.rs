@@ -181,6 +181,43 @@ fn download(name: &str, cache_dir: &Path, progress: &mut dyn FnMut(&str)) -> Res
     }
 }
 
+/// The newest versioned kernel package (`linux-image-<release>_<version>_<arch>.deb`) in `cache_dir`,
+/// by Debian version order; metapackage files are skipped. `None` when there is none.
+pub fn newest_cached_package(cache_dir: &Path) -> Result<Option<PathBuf>, BuildError> {
+    let entries = match fs::read_dir(cache_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(BuildError::io("cannot list", cache_dir)(e)),
+    };
+    let mut newest: Option<(String, PathBuf)> = None;
+    for path in entries.filter_map(|entry| entry.ok().map(|e| e.path())) {
+        let Some(version) = path.file_name().and_then(|n| versioned_image_package_version(&n.to_string_lossy())) else {
+            continue;
+        };
+        let newer = match &newest {
+            None => true,
+            Some((best, _)) => run(
+                format!("compare kernel package versions {version} and {best}"),
+                Command::new("dpkg").args(["--compare-versions", &version, "gt", best]),
+            )
+            .is_ok(),
+        };
+        if newer {
+            newest = Some((version, path));
+        }
+    }
+    Ok(newest.map(|(_, path)| path))
+}
+
+/// The package version of a versioned image package file: `linux-image-6.1.0-56-amd64_6.1.192-2_amd64.deb`
+/// gives `6.1.192-2`; the metapackage (`linux-image-amd64_...`) gives `None`.
+fn versioned_image_package_version(file_name: &str) -> Option<String> {
+    let stem = file_name.strip_prefix("linux-image-")?.strip_suffix(".deb")?;
+    let (release, rest) = stem.split_once('_')?;
+    let (version, _arch) = rest.rsplit_once('_')?;
+    release.starts_with(|c: char| c.is_ascii_digit()).then(|| version.replace("%3a", ":"))
+}
+
 /// Follows `Depends: linux-image-*` edges until a package without one: the real image package.
 fn resolve_metapackage(name: &str) -> Result<String, BuildError> {
     let mut package = name.to_string();
@@ -219,6 +256,23 @@ fn deb_file_name(package: &str, version: &str, architecture: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn newest_cached_package_orders_by_debian_version_and_skips_the_metapackage() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "linux-image-amd64_6.1.192-2_amd64.deb",
+            "linux-image-6.1.0-9-amd64_6.1.27-1_amd64.deb",
+            "linux-image-6.1.0-56-amd64_6.1.192-2_amd64.deb",
+            "linux-image-6.1.0-56-amd64_6.1.192-10_amd64.deb",
+            "notes.txt",
+        ] {
+            fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let newest = newest_cached_package(dir.path()).unwrap().unwrap();
+        assert_eq!(newest.file_name().unwrap(), "linux-image-6.1.0-56-amd64_6.1.192-10_amd64.deb");
+        assert_eq!(newest_cached_package(&dir.path().join("absent")).unwrap(), None);
+    }
 
     #[test]
     fn metapackage_resolves_to_versioned_image() {

@@ -22,7 +22,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 pub use error::BuildError;
-pub use kernel::KernelSource;
+pub use kernel::{newest_cached_package, KernelSource};
 pub use modules::REQUIRED_MODULES;
 
 /// Where `--init` lands in the initramfs (the kernel runs `/init` as PID 1).
