@@ -17,9 +17,15 @@ pub fn hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// Whether `token` is the one whose hash was stored.
+/// Whether `token` is the one whose hash was stored. The digests are compared in constant
+/// time, so response times reveal nothing about how close a guess came.
 pub fn matches(stored_hash: Option<&str>, token: &str) -> bool {
-    stored_hash.is_some_and(|stored| !token.is_empty() && stored == hash(token))
+    stored_hash.is_some_and(|stored| !token.is_empty() && constant_time_eq(stored.as_bytes(), hash(token).as_bytes()))
+}
+
+/// Byte equality whose time depends only on the lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |difference, (x, y)| difference | (x ^ y)) == 0
 }
 
 #[cfg(test)]
@@ -42,5 +48,6 @@ mod tests {
         assert!(!matches(Some(&stored), "wrong"));
         assert!(!matches(None, &token));
         assert!(!matches(Some(&hash("")), ""));
+        assert!(!matches(Some(&stored[..10]), &token));
     }
 }

@@ -10,22 +10,10 @@ use ferric_protocol::normalize_mac;
 use serde_json::Value;
 use tower_http::services::ServeFile;
 
-use crate::fsm::ProvisionState;
+use crate::fsm::LOOKUP_ALLOWED_STATES;
 use crate::ipxe::{BootMode, BootScript};
 use crate::model::Node;
 use crate::{AppState, Config};
-
-/// States in which a node boots the ramdisk: an agent has work to do.
-pub const RAMDISK_STATES: &[ProvisionState] = &[
-    ProvisionState::Deploying,
-    ProvisionState::DeployWait,
-    ProvisionState::Cleaning,
-    ProvisionState::CleanWait,
-    ProvisionState::Inspecting,
-    ProvisionState::InspectWait,
-    ProvisionState::Rescuing,
-    ProvisionState::RescueWait,
-];
 
 pub fn router(config: &Config) -> Router<AppState> {
     Router::new()
@@ -81,7 +69,8 @@ pub fn script_for(node: Option<&Node>, mac: &str, config: &Config) -> BootScript
         return BootScript::UnknownMac { mac: mac.to_owned() };
     };
     let boot_mode = boot_mode(node);
-    if RAMDISK_STATES.contains(&node.provision_state) {
+    // The ramdisk boots where its agent may look itself up: it has work to do.
+    if LOOKUP_ALLOWED_STATES.contains(&node.provision_state) {
         BootScript::Ramdisk {
             public_url: config.public_url.clone(),
             node_uuid: node.uuid.clone(),
@@ -115,6 +104,7 @@ pub fn boot_mode(node: &Node) -> BootMode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fsm::ProvisionState;
     use serde_json::json;
 
     fn node(state: ProvisionState) -> Node {

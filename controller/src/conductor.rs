@@ -3,6 +3,7 @@
 //! store transaction, so each change to a node is atomic.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -14,10 +15,11 @@ use serde_json::{json, Value};
 use tokio::time::MissedTickBehavior;
 
 use crate::agent_token;
-use crate::error::Error;
+use crate::error::{error_chain, Error};
 use crate::fsm::{self, Event, ProvisionState, Verb};
 use crate::model::{timestamp, HistoryEvent, JsonObject, Node, Severity};
 use crate::store::{Store, StoreError, Tx};
+use crate::Config;
 
 /// Ironic's `[api]ramdisk_heartbeat_timeout`, told to the agent by lookup.
 pub const RAMDISK_HEARTBEAT_TIMEOUT_SECS: u64 = 300;
@@ -37,36 +39,48 @@ pub const AGENT_TASK: &str = "agent_task";
 const EVENT_TYPE_PROVISIONING: &str = "provisioning";
 const EVENT_TYPE_DEPLOY: &str = "deploy";
 
+/// Runs operations on nodes with the controller's settings (its name, the heartbeat
+/// interval and the deploy call-back timeout).
 #[derive(Debug, Clone)]
 pub struct Conductor {
-    /// Recorded as `conductor` in history and on nodes.
-    pub name: String,
-    pub heartbeat_interval: Duration,
-    pub deploy_callback_timeout: Duration,
+    config: Arc<Config>,
 }
 
 impl Conductor {
+    pub fn new(config: Arc<Config>) -> Conductor {
+        Conductor { config }
+    }
+
+    /// Recorded as `conductor` in history and shown on nodes.
+    pub fn name(&self) -> &str {
+        &self.config.conductor_name
+    }
+
+    /// The interval agents are told to heartbeat at, in whole seconds.
+    fn heartbeat_interval_secs(&self) -> u64 {
+        self.config.heartbeat_interval.as_secs().max(1)
+    }
+
     /// Applies a provisioning verb. The state change, and the immediate follow-ups of
-    /// operations that have no hardware work yet, happen before this returns.
+    /// operations that have no hardware work yet, happen before this returns. Every verb
+    /// but abort starts new work, which clears the previous `last_error` as in Ironic.
     pub fn provision(&self, tx: &Tx<'_>, mut node: Node, verb: Verb, now: DateTime<Utc>) -> Result<Node, Error> {
         let event = verb.event();
         if fsm::next_state(node.provision_state, event).is_none() {
-            return Err(Error::InvalidStateRequested {
-                action: verb.as_str().to_owned(),
-                node: node.uuid.clone(),
-                state: node.provision_state.to_string(),
-            });
+            return Err(invalid_state(&node, verb.as_str()));
         }
         let change = Change { tx, conductor: self, now };
         let requested = format!("Provisioning action \"{}\" requested", verb.as_str());
         match verb {
             Verb::Manage => {
+                node.last_error = None;
                 change.apply(&mut node, event, &requested)?;
                 if node.provision_state == ProvisionState::Verifying {
                     change.apply(&mut node, Event::Done, "Verification finished: no BMC to check yet")?;
                 }
             }
             Verb::Provide => {
+                node.last_error = None;
                 change.apply(&mut node, event, &requested)?;
                 change.apply(&mut node, Event::Done, "Cleaning finished: no clean steps yet")?;
             }
@@ -83,12 +97,14 @@ impl Conductor {
                 }
                 validate_deploy_image(&node)?;
                 wipe_agent_state(&mut node);
+                node.last_error = None;
                 change.apply(&mut node, event, &requested)?;
                 change.apply(&mut node, Event::Wait, "Waiting for the agent to call back")?;
             }
             Verb::Deleted | Verb::Undeploy => {
                 refuse_if_protected(&node)?;
                 wipe_agent_state(&mut node);
+                node.last_error = None;
                 change.apply(&mut node, event, &requested)?;
                 node.instance_info = JsonObject::new();
                 node.instance_uuid = None;
@@ -97,8 +113,7 @@ impl Conductor {
             }
             Verb::Abort if node.provision_state == ProvisionState::DeployWait => {
                 node.last_error = Some("Deploy aborted".to_owned());
-                node.deploy_step = JsonObject::new();
-                node.driver_internal_info.remove(AGENT_TASK);
+                end_agent_work(&mut node);
                 change.apply(&mut node, event, &requested)?;
             }
             _ => {
@@ -134,14 +149,15 @@ impl Conductor {
             },
             config: LookupConfig {
                 heartbeat_timeout: RAMDISK_HEARTBEAT_TIMEOUT_SECS,
-                heartbeat_interval: self.heartbeat_interval.as_secs().max(1),
+                heartbeat_interval: self.heartbeat_interval_secs(),
                 agent_token,
                 agent_token_required: true,
             },
         })
     }
 
-    /// Records a heartbeat and decides the agent's next task.
+    /// Records a heartbeat and decides the agent's next task. An agent whose work ended
+    /// (its token wiped) gets Ironic's 400, a client error.
     pub fn heartbeat(
         &self,
         tx: &Tx<'_>,
@@ -155,25 +171,30 @@ impl Conductor {
         let change = Change { tx, conductor: self, now };
         record_heartbeat(&mut node, &heartbeat, now);
         if let Some(inventory) = &heartbeat.inventory {
-            let inventory = serde_json::to_value(inventory).unwrap_or(Value::Null);
-            tx.put_inventory(&node.uuid, &inventory, &timestamp(now))?;
+            tx.put_inventory(&node.uuid, &to_json(inventory), &timestamp(now))?;
         }
-        let task = match node.provision_state {
+        let Dispatch { task, changed } = match node.provision_state {
             ProvisionState::DeployWait => {
                 node.provision_updated_at = Some(timestamp(now));
                 change.dispatch_deploy(&mut node, &heartbeat)?
             }
             ProvisionState::Active => pending_reboot(&mut node, &heartbeat),
-            _ => None,
+            _ => Dispatch::report_only(None),
         };
-        change.save(&mut node)?;
-        Ok(HeartbeatResponse { task, heartbeat_interval: self.heartbeat_interval.as_secs().max(1) })
+        match changed {
+            NodeChange::ReportOnly => {
+                node.updated_at = Some(timestamp(now));
+                tx.update_heartbeat_fields(&node)?;
+            }
+            NodeChange::More => change.save(&mut node)?,
+        }
+        Ok(HeartbeatResponse { task, heartbeat_interval: self.heartbeat_interval_secs() })
     }
 
     /// Fails deploys whose agent has not called back within the deploy call-back timeout.
     /// Returns the UUIDs of the nodes failed.
     pub fn fail_expired_deploys(&self, tx: &Tx<'_>, now: DateTime<Utc>) -> Result<Vec<String>, Error> {
-        let timeout = chrono::Duration::from_std(self.deploy_callback_timeout).unwrap_or(chrono::Duration::MAX);
+        let timeout = chrono::Duration::from_std(self.config.deploy_callback_timeout).unwrap_or(chrono::Duration::MAX);
         let cutoff = now.checked_sub_signed(timeout).unwrap_or(DateTime::<Utc>::MIN_UTC);
         let change = Change { tx, conductor: self, now };
         let mut failed = Vec::new();
@@ -195,8 +216,32 @@ pub async fn watch_deploy_timeouts(store: Store, conductor: Conductor, every: Du
         ticker.tick().await;
         let checker = conductor.clone();
         if let Err(error) = store.run(move |tx| checker.fail_expired_deploys(tx, Utc::now())).await {
-            tracing::error!(error = %error, "checking deploy call-back timeouts failed");
+            tracing::error!(error = %error_chain(&error), "checking deploy call-back timeouts failed");
         }
+    }
+}
+
+/// What a heartbeat answers the agent, and what it changed on the node.
+struct Dispatch {
+    task: Option<Task>,
+    changed: NodeChange,
+}
+
+/// Whether a heartbeat changed more than its report, deciding how much is written back.
+enum NodeChange {
+    /// Only what [`Tx::update_heartbeat_fields`] writes.
+    ReportOnly,
+    /// Other fields too (a task assigned, a transition, the token wiped): the whole node.
+    More,
+}
+
+impl Dispatch {
+    fn report_only(task: Option<Task>) -> Dispatch {
+        Dispatch { task, changed: NodeChange::ReportOnly }
+    }
+
+    fn node_changed(task: Option<Task>) -> Dispatch {
+        Dispatch { task, changed: NodeChange::More }
     }
 }
 
@@ -222,13 +267,9 @@ impl Change<'_, '_> {
         cause: &str,
     ) -> Result<(), Error> {
         let from = node.provision_state;
-        let to = fsm::next_state(from, event).ok_or_else(|| Error::InvalidStateRequested {
-            action: event.as_str().to_owned(),
-            node: node.uuid.clone(),
-            state: from.to_string(),
-        })?;
+        let to = fsm::next_state(from, event).ok_or_else(|| invalid_state(node, event.as_str()))?;
         node.provision_state = to;
-        node.target_provision_state = fsm::target_after(node.target_provision_state, to, None);
+        node.target_provision_state = to.default_target();
         node.provision_updated_at = Some(timestamp(self.now));
         tracing::info!(node = %node.uuid, %from, %to, %event, "{cause}");
         self.record(node, severity, event_type, cause, Some(from), Some(to))
@@ -250,7 +291,7 @@ impl Change<'_, '_> {
             severity,
             event_type: event_type.to_owned(),
             event: event.to_owned(),
-            conductor: Some(self.conductor.name.clone()),
+            conductor: Some(self.conductor.name().to_owned()),
             user: None,
             from_state: from.map(|state| state.to_string()),
             to_state: to.map(|state| state.to_string()),
@@ -263,17 +304,17 @@ impl Change<'_, '_> {
         self.tx.update_node(node)
     }
 
-    /// Moves a node in `wait call-back` to `deploy failed` with `reason` as its last error.
+    /// Moves a node in `wait call-back` to `deploy failed` with `reason` as its last error,
+    /// ending the agent's work: it stays in the ramdisk, but its heartbeats are refused.
     fn fail_deploy(&self, node: &mut Node, reason: &str) -> Result<(), Error> {
         tracing::warn!(node = %node.uuid, "{reason}");
         node.last_error = Some(reason.to_owned());
-        node.deploy_step = JsonObject::new();
-        node.driver_internal_info.remove(AGENT_TASK);
+        end_agent_work(node);
         self.transition(node, Event::Fail, Severity::Error, EVENT_TYPE_DEPLOY, reason)
     }
 
     /// The deploy's next task for a heartbeat in `wait call-back`.
-    fn dispatch_deploy(&self, node: &mut Node, heartbeat: &Heartbeat) -> Result<Option<Task>, Error> {
+    fn dispatch_deploy(&self, node: &mut Node, heartbeat: &Heartbeat) -> Result<Dispatch, Error> {
         let Some(task) = assigned_task(node) else {
             let task = Task {
                 id: uuid::Uuid::new_v4().to_string(),
@@ -285,18 +326,18 @@ impl Change<'_, '_> {
             assign_task(node, &task);
             let event = format!("Deploy step deploy.write_image sent to the agent as task {}", task.id);
             self.record(node, Severity::Info, EVENT_TYPE_DEPLOY, &event, None, None)?;
-            return Ok(Some(task));
+            return Ok(Dispatch::node_changed(Some(task)));
         };
         let Some(report) = heartbeat.command.as_ref().filter(|command| command.id == task.id) else {
             // The agent does not know the task (it restarted, or missed the answer): send it again.
-            return Ok(Some(task));
+            return Ok(Dispatch::report_only(Some(task)));
         };
         match report.command_status {
-            CommandStatus::Running => Ok(None),
+            CommandStatus::Running => Ok(Dispatch::report_only(None)),
             CommandStatus::Failed => {
                 let error = report.command_error.as_deref().unwrap_or("the agent gave no reason");
                 self.fail_deploy(node, &format!("Deploy step deploy.write_image failed: {error}"))?;
-                Ok(None)
+                Ok(Dispatch::node_changed(None))
             }
             CommandStatus::Succeeded => {
                 node.driver_internal_info.remove(AGENT_TASK);
@@ -304,9 +345,10 @@ impl Change<'_, '_> {
                 node.deploy_step = JsonObject::new();
                 node.last_error = None;
                 self.apply(node, Event::Done, "Deployment finished: rebooting into the instance")?;
+                // The token stays valid until the agent acknowledges the reboot (see `pending_reboot`).
                 let reboot = Task { id: uuid::Uuid::new_v4().to_string(), command: Command::Reboot };
                 assign_task(node, &reboot);
-                Ok(Some(reboot))
+                Ok(Dispatch::node_changed(Some(reboot)))
             }
         }
     }
@@ -350,11 +392,27 @@ fn validate_deploy_image(node: &Node) -> Result<(), Error> {
     )))
 }
 
-/// Forgets the previous agent: its token, task, step and reports.
-fn wipe_agent_state(node: &mut Node) {
+/// Ends the agent's work, as Ironic's `wipe_token_and_url` at the end of an operation: its
+/// token stops working, and its task and step are dropped. Its last reports stay visible.
+fn end_agent_work(node: &mut Node) {
     node.agent_token_hash = None;
     node.deploy_step = JsonObject::new();
+    node.driver_internal_info.remove(AGENT_TASK);
+}
+
+/// Forgets the previous agent entirely, its reports included, before new work starts.
+fn wipe_agent_state(node: &mut Node) {
+    end_agent_work(node);
     node.driver_internal_info.retain(|key, _| !key.starts_with("agent_"));
+}
+
+/// Ironic's `InvalidStateRequested` for `action` on `node` in its current state.
+fn invalid_state(node: &Node, action: &str) -> Error {
+    Error::InvalidStateRequested {
+        action: action.to_owned(),
+        node: node.uuid.clone(),
+        state: node.provision_state.to_string(),
+    }
 }
 
 fn record_heartbeat(node: &mut Node, heartbeat: &Heartbeat, now: DateTime<Utc>) {
@@ -374,14 +432,17 @@ fn record_heartbeat(node: &mut Node, heartbeat: &Heartbeat, now: DateTime<Utc>) 
 }
 
 /// The Reboot sent when the deploy finished, until the agent reports it: an agent that
-/// missed the answer keeps heartbeating on an `active` node and must still reboot.
-fn pending_reboot(node: &mut Node, heartbeat: &Heartbeat) -> Option<Task> {
-    let task = assigned_task(node).filter(|task| task.command == Command::Reboot)?;
+/// missed the answer keeps heartbeating on an `active` node and must still reboot. Once it
+/// has reported the reboot, its work is over and its token is wiped.
+fn pending_reboot(node: &mut Node, heartbeat: &Heartbeat) -> Dispatch {
+    let Some(task) = assigned_task(node).filter(|task| task.command == Command::Reboot) else {
+        return Dispatch::report_only(None);
+    };
     if heartbeat.command.as_ref().is_some_and(|command| command.id == task.id) {
-        node.driver_internal_info.remove(AGENT_TASK);
-        return None;
+        end_agent_work(node);
+        return Dispatch::node_changed(None);
     }
-    Some(task)
+    Dispatch::report_only(Some(task))
 }
 
 fn assigned_task(node: &Node) -> Option<Task> {
@@ -426,7 +487,9 @@ mod tests {
     const UUID: &str = "0c7e1a1e-5c3f-4f7b-9a5e-3f1f6f0f2a11";
 
     fn conductor(timeout: Duration) -> Conductor {
-        Conductor { name: "test".into(), heartbeat_interval: Duration::from_secs(2), deploy_callback_timeout: timeout }
+        let mut config = Config::new("unused.sqlite".into(), "http://h", "unused".into());
+        config.deploy_callback_timeout = timeout;
+        Conductor::new(Arc::new(config))
     }
 
     fn available_node() -> Node {
@@ -478,6 +541,8 @@ mod tests {
             let start = Utc::now();
             let node = conductor.provision(tx, node, Verb::Active, start)?;
             assert_eq!(node.provision_state, ProvisionState::DeployWait);
+            conductor.lookup(tx, node, start)?;
+            assert!(tx.node_by_uuid(UUID)?.unwrap().agent_token_hash.is_some());
             let early = conductor.fail_expired_deploys(tx, start + chrono::Duration::seconds(30))?;
             assert!(early.is_empty());
             let late = conductor.fail_expired_deploys(tx, start + chrono::Duration::seconds(61))?;
@@ -491,6 +556,22 @@ mod tests {
         assert_eq!(node.provision_state, ProvisionState::DeployFailed);
         assert_eq!(node.target_provision_state, Some(ProvisionState::Active));
         assert_eq!(node.last_error.unwrap(), format!("Timeout reached while waiting for callback for node {UUID}"));
+        assert_eq!(node.agent_token_hash, None);
+    }
+
+    #[tokio::test]
+    async fn undeploying_a_failed_deploy_clears_its_error() {
+        let mut node = available_node();
+        node.provision_state = ProvisionState::DeployFailed;
+        node.target_provision_state = Some(ProvisionState::Active);
+        node.last_error = Some("Deploy aborted".into());
+        let node = with_node(node, |tx, node| {
+            conductor(Duration::from_secs(60)).provision(tx, node, Verb::Deleted, Utc::now())
+        })
+        .await
+        .unwrap();
+        assert_eq!(node.provision_state, ProvisionState::Available);
+        assert_eq!(node.last_error, None);
     }
 
     #[tokio::test]
@@ -516,6 +597,136 @@ mod tests {
         assert!(matches!(first.command, Command::WriteImage { .. }));
         assert_eq!(second, first);
         assert_eq!(third, None);
+    }
+
+    #[tokio::test]
+    async fn heartbeats_keep_a_deploy_from_timing_out() {
+        let (kept, failed) = with_node(available_node(), |tx, node| {
+            let conductor = conductor(Duration::from_secs(60));
+            let start = Utc::now();
+            let node = conductor.provision(tx, node, Verb::Active, start)?;
+            let token = conductor.lookup(tx, node, start)?.config.agent_token;
+            let at = |seconds| start + chrono::Duration::seconds(seconds);
+            // Heartbeats every 40 s keep the node waiting well past the 60 s timeout...
+            for seconds in [40, 80, 120] {
+                let node = tx.node_by_uuid(UUID)?.unwrap();
+                conductor.heartbeat(tx, node, heartbeat(&token, None), at(seconds))?;
+                assert!(conductor.fail_expired_deploys(tx, at(seconds + 39))?.is_empty(), "failed at {seconds} s");
+            }
+            let kept = tx.node_by_uuid(UUID)?.unwrap().provision_state;
+            // ...and 60 s of silence after the last one fails it.
+            let failed = conductor.fail_expired_deploys(tx, at(181))?;
+            Ok((kept, failed))
+        })
+        .await
+        .unwrap();
+        assert_eq!(kept, ProvisionState::DeployWait);
+        assert_eq!(failed, vec![UUID.to_owned()]);
+    }
+
+    /// Deploys, looks up and heartbeats once; returns the token and the write_image task.
+    fn deploy_and_get_task(tx: &Tx<'_>, conductor: &Conductor, node: Node) -> Result<(String, Task), Error> {
+        let node = conductor.provision(tx, node, Verb::Active, Utc::now())?;
+        let token = conductor.lookup(tx, node, Utc::now())?.config.agent_token;
+        let node = tx.node_by_uuid(UUID)?.unwrap();
+        let task = conductor.heartbeat(tx, node, heartbeat(&token, None), Utc::now())?.task.unwrap();
+        Ok((token, task))
+    }
+
+    fn report(task: &Task, command_status: CommandStatus) -> CommandResult {
+        CommandResult {
+            id: task.id.clone(),
+            command_name: task.command.name().into(),
+            command_status,
+            command_error: None,
+            command_result: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_ends_the_agents_token() {
+        let refused = with_node(available_node(), |tx, node| {
+            let conductor = conductor(Duration::from_secs(60));
+            let (token, task) = deploy_and_get_task(tx, &conductor, node)?;
+            let beat = |command| {
+                let node = tx.node_by_uuid(UUID)?.unwrap();
+                conductor.heartbeat(tx, node, heartbeat(&token, command), Utc::now())
+            };
+            assert_eq!(beat(Some(report(&task, CommandStatus::Failed)))?.task, None);
+            assert_eq!(tx.node_by_uuid(UUID)?.unwrap().provision_state, ProvisionState::DeployFailed);
+            Ok(beat(None))
+        })
+        .await
+        .unwrap();
+        let error = refused.unwrap_err();
+        assert!(matches!(error, Error::InvalidAgentToken), "{error}");
+        assert!(error.status().is_client_error());
+    }
+
+    #[tokio::test]
+    async fn abort_ends_the_agents_token() {
+        let node = with_node(available_node(), |tx, node| {
+            let conductor = conductor(Duration::from_secs(60));
+            deploy_and_get_task(tx, &conductor, node)?;
+            let node = tx.node_by_uuid(UUID)?.unwrap();
+            conductor.provision(tx, node, Verb::Abort, Utc::now())?;
+            Ok(tx.node_by_uuid(UUID)?.unwrap())
+        })
+        .await
+        .unwrap();
+        assert_eq!(node.provision_state, ProvisionState::DeployFailed);
+        assert_eq!(node.agent_token_hash, None);
+        assert!(!node.driver_internal_info.contains_key(AGENT_TASK));
+    }
+
+    #[tokio::test]
+    async fn the_token_outlives_the_deploy_until_the_reboot_is_acknowledged() {
+        let (resent, acknowledged, after) = with_node(available_node(), |tx, node| {
+            let conductor = conductor(Duration::from_secs(60));
+            let (token, task) = deploy_and_get_task(tx, &conductor, node)?;
+            let beat = |command| {
+                let node = tx.node_by_uuid(UUID)?.unwrap();
+                conductor.heartbeat(tx, node, heartbeat(&token, command), Utc::now())
+            };
+            let reboot = beat(Some(report(&task, CommandStatus::Succeeded)))?.task.unwrap();
+            assert_eq!(tx.node_by_uuid(UUID)?.unwrap().provision_state, ProvisionState::Active);
+            let resent = beat(None)?.task;
+            assert_eq!(resent.as_ref(), Some(&reboot));
+            let acknowledged = beat(Some(report(&reboot, CommandStatus::Running)))?.task;
+            Ok((resent, acknowledged, beat(None)))
+        })
+        .await
+        .unwrap();
+        assert_eq!(resent.map(|task| task.command), Some(Command::Reboot));
+        assert_eq!(acknowledged, None);
+        assert!(matches!(after, Err(Error::InvalidAgentToken)));
+    }
+
+    #[tokio::test]
+    async fn record_only_heartbeats_write_the_report_and_keep_the_rest() {
+        let (before, after) = with_node(available_node(), |tx, node| {
+            let conductor = conductor(Duration::from_secs(60));
+            let (token, task) = deploy_and_get_task(tx, &conductor, node)?;
+            let before = tx.node_by_uuid(UUID)?.unwrap();
+            let later = Utc::now() + chrono::Duration::seconds(5);
+            let mut running = heartbeat(&token, Some(report(&task, CommandStatus::Running)));
+            running.log_tail = vec!["writing".into()];
+            assert_eq!(conductor.heartbeat(tx, before.clone(), running, later)?.task, None);
+            Ok((before, tx.node_by_uuid(UUID)?.unwrap()))
+        })
+        .await
+        .unwrap();
+        assert_eq!(after.driver_internal_info[AGENT_LOG_TAIL], json!(["writing"]));
+        assert_eq!(after.driver_internal_info[AGENT_COMMAND]["command_status"], "RUNNING");
+        assert!(after.provision_updated_at > before.provision_updated_at);
+        assert!(after.updated_at > before.updated_at);
+        let unchanged = Node {
+            driver_internal_info: after.driver_internal_info.clone(),
+            provision_updated_at: after.provision_updated_at.clone(),
+            updated_at: after.updated_at.clone(),
+            ..before
+        };
+        assert_eq!(after, unchanged);
     }
 
     /// A report of a task from the agent's previous life.

@@ -34,8 +34,6 @@ pub enum Error {
     Conflict(String),
     #[error("{0}")]
     NotAcceptable(String),
-    #[error("The method specified is not allowed for this resource.")]
-    MethodNotAllowed,
     #[error("An internal error occurred; see the controller's log.")]
     Store(#[from] StoreError),
 }
@@ -57,7 +55,6 @@ impl Error {
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
-            Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -90,7 +87,7 @@ impl IntoResponse for Error {
 }
 
 /// The error with its sources, for the log.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -115,12 +115,13 @@ impl ProvisionState {
         }
     }
 
-    /// Stable states are where a node rests; reaching one clears `target_provision_state`.
+    /// Stable states are where a node rests: those without a target.
     pub fn is_stable(self) -> bool {
-        matches!(self, S::Enroll | S::Manageable | S::Available | S::Active | S::Error | S::Rescue)
+        self.default_target().is_none()
     }
 
-    /// The `target_provision_state` a node gets on entering this state, if it has one.
+    /// The `target_provision_state` a node has in this state: none in stable states, which
+    /// clear it (Ironic's FSM and task manager), and always one in the others.
     pub fn default_target(self) -> Option<ProvisionState> {
         match self {
             S::Verifying => Some(S::Manageable),
@@ -326,21 +327,8 @@ pub fn next_state(from: ProvisionState, event: Event) -> Option<ProvisionState> 
     TRANSITIONS.iter().find(|(f, e, _)| *f == from && *e == event).map(|(_, _, to)| *to)
 }
 
-/// The node's `target_provision_state` after moving to `to`, following Ironic's FSM and
-/// task manager: stable states have none; otherwise an explicit target wins, then the new
-/// state's default target, then the previous target unless it was just reached.
-pub fn target_after(
-    previous_target: Option<ProvisionState>,
-    to: ProvisionState,
-    explicit_target: Option<ProvisionState>,
-) -> Option<ProvisionState> {
-    if to.is_stable() {
-        return None;
-    }
-    explicit_target.or(to.default_target()).or(previous_target.filter(|target| *target != to))
-}
-
-/// States in which a ramdisk agent may look itself up (`LOOKUP_ALLOWED_STATES`).
+/// States in which a ramdisk agent may look itself up (`LOOKUP_ALLOWED_STATES`); they are
+/// also the states in which a node boots the ramdisk.
 pub const LOOKUP_ALLOWED_STATES: &[ProvisionState] = &[
     S::Deploying,
     S::DeployWait,
@@ -535,16 +523,14 @@ mod tests {
     }
 
     #[test]
-    fn targets_follow_the_state_and_clear_when_stable() {
-        assert_eq!(target_after(None, S::Verifying, None), Some(S::Manageable));
-        assert_eq!(target_after(Some(S::Manageable), S::Manageable, None), None);
-        assert_eq!(target_after(None, S::Deploying, None), Some(S::Active));
-        assert_eq!(target_after(Some(S::Active), S::DeployFailed, None), Some(S::Active));
-        assert_eq!(target_after(None, S::Cleaning, Some(S::Manageable)), Some(S::Manageable));
-        assert_eq!(target_after(Some(S::Available), S::Error, None), None);
-        for state in ProvisionState::ALL {
-            assert_eq!(state.is_stable(), state.default_target().is_none(), "{state}");
-        }
+    fn targets_follow_the_state_and_only_ironics_stable_states_have_none() {
+        assert_eq!(S::Verifying.default_target(), Some(S::Manageable));
+        assert_eq!(S::Deploying.default_target(), Some(S::Active));
+        assert_eq!(S::DeployFailed.default_target(), Some(S::Active));
+        assert_eq!(S::Deleting.default_target(), Some(S::Available));
+        let stable: Vec<&str> =
+            ProvisionState::ALL.into_iter().filter(|state| state.is_stable()).map(ProvisionState::as_str).collect();
+        assert_eq!(stable, ["enroll", "manageable", "available", "active", "error", "rescue"]);
     }
 
     #[test]

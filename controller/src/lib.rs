@@ -25,6 +25,10 @@ pub use crate::api::router;
 
 /// Default kernel arguments of the ramdisk, after `ferric.api=` and `BOOTIF=`.
 pub const DEFAULT_KERNEL_ARGS: &str = "console=tty0 console=ttyS0,115200n8";
+/// Ironic's `[conductor]deploy_callback_timeout`: seconds a node may wait for its agent.
+pub const DEFAULT_DEPLOY_CALLBACK_TIMEOUT_SECS: u64 = 1800;
+/// Seconds between agent heartbeats: short, so deploy progress on the node stays current.
+pub const DEFAULT_HEARTBEAT_INTERVAL_SECS: u64 = 2;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -53,9 +57,9 @@ impl Config {
             db_path,
             public_url: public_url.trim_end_matches('/').to_owned(),
             ramdisk_dir,
-            deploy_callback_timeout: Duration::from_secs(1800),
+            deploy_callback_timeout: Duration::from_secs(DEFAULT_DEPLOY_CALLBACK_TIMEOUT_SECS),
             timeout_check_interval: Duration::from_secs(5),
-            heartbeat_interval: Duration::from_secs(2),
+            heartbeat_interval: Duration::from_secs(DEFAULT_HEARTBEAT_INTERVAL_SECS),
             kernel_args: DEFAULT_KERNEL_ARGS.to_owned(),
             conductor_name: "ferric".to_owned(),
         }
@@ -74,12 +78,8 @@ impl AppState {
     /// Opens (and migrates) the database named by `config`.
     pub fn open(config: Config) -> Result<AppState, StoreError> {
         let store = Store::open(&config.db_path)?;
-        let conductor = Conductor {
-            name: config.conductor_name.clone(),
-            heartbeat_interval: config.heartbeat_interval,
-            deploy_callback_timeout: config.deploy_callback_timeout,
-        };
-        Ok(AppState { store, conductor, config: Arc::new(config) })
+        let config = Arc::new(config);
+        Ok(AppState { store, conductor: Conductor::new(Arc::clone(&config)), config })
     }
 }
 

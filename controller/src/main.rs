@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ferric_controller::{serve, Config, DEFAULT_KERNEL_ARGS};
+use ferric_controller::{
+    serve, Config, DEFAULT_DEPLOY_CALLBACK_TIMEOUT_SECS, DEFAULT_HEARTBEAT_INTERVAL_SECS, DEFAULT_KERNEL_ARGS,
+};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -36,10 +38,10 @@ struct ServeArgs {
     #[arg(long)]
     ramdisk_dir: PathBuf,
     /// Seconds a node may wait in `wait call-back` without hearing from its agent.
-    #[arg(long, default_value_t = 1800)]
+    #[arg(long, default_value_t = DEFAULT_DEPLOY_CALLBACK_TIMEOUT_SECS)]
     deploy_callback_timeout: u64,
     /// Seconds between agent heartbeats.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = DEFAULT_HEARTBEAT_INTERVAL_SECS)]
     heartbeat_interval: u64,
     /// Extra kernel arguments of the ramdisk.
     #[arg(long, default_value = DEFAULT_KERNEL_ARGS)]

@@ -135,15 +135,6 @@ pub enum Severity {
     Error,
 }
 
-impl Severity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Info => "INFO",
-            Severity::Error => "ERROR",
-        }
-    }
-}
-
 /// One entry of a node's history (`GET /v1/nodes/{node}/history`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryEvent {
@@ -164,7 +155,6 @@ pub struct HistoryEvent {
 pub struct StoredInventory {
     pub inventory: Value,
     pub plugin_data: Value,
-    pub created_at: String,
 }
 
 #[cfg(test)]

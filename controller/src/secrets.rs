@@ -35,13 +35,14 @@ fn is_secret_key(key: &str) -> bool {
 }
 
 /// A copy of `object` with secret values replaced by [`MASK`], nested objects included.
+/// A secret key is masked whatever its value: a `configdrive` may be an object.
 pub fn mask_object(object: &JsonObject) -> JsonObject {
     object
         .iter()
         .map(|(key, value)| {
             let masked = match value {
-                Value::Object(nested) => Value::Object(mask_object(nested)),
                 _ if is_secret_key(key) => Value::String(MASK.to_owned()),
+                Value::Object(nested) => Value::Object(mask_object(nested)),
                 other => other.clone(),
             };
             (key.clone(), masked)
@@ -61,6 +62,7 @@ mod tests {
             "ipmi_password": "hunter2",
             "redfish": {"Password": "x", "address": "https://bmc"},
             "agent_secret_token": "t",
+            "configdrive": {"meta_data": {"public_keys": {"0": "ssh-ed25519 AAAA"}}, "user_data": "#cloud-config"},
         }) else {
             unreachable!()
         };
@@ -70,5 +72,6 @@ mod tests {
         assert_eq!(masked["redfish"]["Password"], MASK);
         assert_eq!(masked["redfish"]["address"], "https://bmc");
         assert_eq!(masked["agent_secret_token"], MASK);
+        assert_eq!(masked["configdrive"], MASK);
     }
 }

@@ -218,6 +218,48 @@ async fn patching_nodes() {
 }
 
 #[tokio::test]
+async fn patching_inside_a_newer_field_needs_its_version() {
+    let server = common::start().await;
+    server.enroll(json!({})).await;
+    let patch_at = |version: &'static str, path: &str| {
+        let body = json!([{"op": "add", "path": path, "value": 1}]);
+        server
+            .http
+            .patch(format!("{}/v1/nodes/{NODE_UUID}", server.base))
+            .header("X-OpenStack-Ironic-API-Version", version)
+            .json(&body)
+            .send()
+    };
+    // network_data arrived in 1.66.
+    assert_eq!(patch_at("1.1", "/network_data/x").await.unwrap().status(), StatusCode::NOT_ACCEPTABLE);
+    assert_eq!(patch_at("1.65", "/network_data/x").await.unwrap().status(), StatusCode::NOT_ACCEPTABLE);
+    assert_eq!(patch_at("1.1", "/extra/x").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(patch_at("1.66", "/network_data/x").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(server.node().await["network_data"], json!({"x": 1}));
+}
+
+#[tokio::test]
+async fn secrets_are_masked_whatever_their_value() {
+    let server = common::start().await;
+    server
+        .enroll(json!({
+            "driver_info": {"ipmi_address": "127.0.0.1", "ipmi_password": "hunter2"},
+            "instance_info": {
+                "image_source": "http://img",
+                "configdrive": {"meta_data": {"hostname": "h"}, "user_data": "#cloud-config\npassword: x"},
+            },
+        }))
+        .await;
+    let node = server.node().await;
+    assert_eq!(node["driver_info"]["ipmi_password"], "******");
+    assert_eq!(node["driver_info"]["ipmi_address"], "127.0.0.1");
+    assert_eq!(node["instance_info"]["configdrive"], "******");
+    assert_eq!(node["instance_info"]["image_source"], "http://img");
+    let shown = node.to_string();
+    assert!(!shown.contains("hunter2") && !shown.contains("cloud-config"), "{shown}");
+}
+
+#[tokio::test]
 async fn provisioning_verbs_are_checked() {
     let server = common::start().await;
     server.enroll(json!({})).await;

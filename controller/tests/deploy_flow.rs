@@ -78,7 +78,9 @@ async fn deploy_succeeds_and_the_agent_is_told_to_reboot() {
     let wrong = server.heartbeat_raw(&serde_json::to_value(heartbeat("not-the-token", None)).unwrap()).await;
     assert_eq!(wrong.status(), StatusCode::BAD_REQUEST);
 
-    // Progress of the running task shows on the node.
+    // Progress of the running task shows on the node, and each heartbeat renews the wait.
+    let waiting_since = server.node().await["provision_updated_at"].as_str().unwrap().to_owned();
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     let mut running = heartbeat(&token, Some(report(&task, CommandStatus::Running, None)));
     running.progress = Some(Progress {
         stage: "writing image".into(),
@@ -90,6 +92,7 @@ async fn deploy_succeeds_and_the_agent_is_told_to_reboot() {
     running.log_tail = vec!["downloading".into(), "writing".into()];
     assert_eq!(server.heartbeat(&running).await.task, None);
     let node = server.node().await;
+    assert!(node["provision_updated_at"].as_str().unwrap() > waiting_since.as_str(), "{node:#}");
     let internal = &node["driver_internal_info"];
     assert_eq!(internal["agent_progress"]["bytes_done"], 512);
     assert_eq!(internal["agent_progress"]["stage"], "writing image");
@@ -119,6 +122,9 @@ async fn deploy_succeeds_and_the_agent_is_told_to_reboot() {
     assert_eq!(again.task.as_ref(), Some(&reboot));
     let acknowledged = server.heartbeat(&heartbeat(&token, Some(report(&reboot, CommandStatus::Running, None)))).await;
     assert_eq!(acknowledged.task, None);
+    // That ended the agent's work: its token no longer works.
+    let after_reboot = server.heartbeat_raw(&serde_json::to_value(heartbeat(&token, None)).unwrap()).await;
+    assert_eq!(after_reboot.status(), StatusCode::BAD_REQUEST);
 
     let history = server.get(&format!("/v1/nodes/{NODE_UUID}/history")).await;
     let transitions: Vec<(String, String)> = history["history"]
@@ -177,8 +183,16 @@ async fn a_failed_write_fails_the_deploy_with_the_agents_reason() {
     assert!(errors[0]["event"].as_str().unwrap().contains(reason));
     assert_eq!(errors[0]["to_state"], "deploy failed");
 
-    // A failed deploy may be retried: it gets a fresh token and task.
+    // The agent stays in the ramdisk, but its work is over: its heartbeats get Ironic's 400.
+    let stale = server.heartbeat_raw(&serde_json::to_value(heartbeat(&token, None)).unwrap()).await;
+    assert_eq!(stale.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(fault(stale).await, "Invalid or missing agent token received.");
+
+    // A failed deploy may be retried: the error is cleared, and it gets a fresh token and task.
     assert_eq!(server.provision("active").await.status(), StatusCode::ACCEPTED);
+    let node = server.node().await;
+    assert_eq!(node["provision_state"], "wait call-back");
+    assert!(node["last_error"].is_null(), "{node:#}");
     let (new_token, new_task) = agent_gets_write_image(&server).await;
     assert_ne!(new_token, token);
     assert_ne!(new_task.id, task.id);
@@ -188,17 +202,22 @@ async fn a_failed_write_fails_the_deploy_with_the_agents_reason() {
 async fn abort_stops_a_deploy_waiting_for_its_agent() {
     let server = common::start().await;
     server.deploying_node().await;
+    let (token, _) = agent_gets_write_image(&server).await;
+    // Abort is a verb from 1.13, but aborting `wait call-back` needs 1.110.
     let old = server
         .http
         .put(format!("{}/v1/nodes/{NODE_UUID}/states/provision", server.base))
-        .header("X-OpenStack-Ironic-API-Version", "1.12")
+        .header("X-OpenStack-Ironic-API-Version", "1.109")
         .json(&json!({"target": "abort"}))
         .send()
         .await
         .unwrap();
     assert_eq!(old.status(), StatusCode::NOT_ACCEPTABLE);
+    assert_eq!(server.node().await["provision_state"], "wait call-back");
     assert_eq!(server.provision("abort").await.status(), StatusCode::ACCEPTED);
     let node = server.node().await;
     assert_eq!(node["provision_state"], "deploy failed");
     assert_eq!(node["last_error"], "Deploy aborted");
+    let stale = server.heartbeat_raw(&serde_json::to_value(heartbeat(&token, None)).unwrap()).await;
+    assert_eq!(stale.status(), StatusCode::BAD_REQUEST);
 }

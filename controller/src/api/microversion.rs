@@ -109,17 +109,20 @@ fn parse(requested: &str) -> Result<ApiVersion, VersionRefused> {
     let (Ok(major), Ok(minor)) = (major.parse::<u32>(), minor.parse::<u32>()) else {
         return Err(malformed(requested));
     };
-    if major != 1 || !(MIN_MINOR..=MAX_MINOR).contains(&minor) {
-        let which = if major != 1 { "major" } else { "minor" };
-        return Err(VersionRefused {
-            message: format!(
-                "Version {requested} was requested but the {which} version is not supported by this service. \
-                 The supported version range is: [1.{MIN_MINOR}, 1.{MAX_MINOR}]."
-            ),
-            requested: Some(requested.to_owned()),
-        });
+    if major == 1 && (MIN_MINOR..=MAX_MINOR).contains(&minor) {
+        return Ok(ApiVersion { minor });
     }
-    Ok(ApiVersion { minor })
+    // Ironic's `_check_version` wordings, naming the version as parsed.
+    let version = format!("{major}.{minor}");
+    let problem = if major != 1 {
+        format!("Mutually exclusive versions requested. Version {version} requested but not supported by this service.")
+    } else {
+        format!("Version {version} was requested but the minor version is not supported by this service.")
+    };
+    Err(VersionRefused {
+        message: format!("{problem} The supported version range is: [1.{MIN_MINOR}, 1.{MAX_MINOR}]."),
+        requested: Some(requested.to_owned()),
+    })
 }
 
 fn malformed(requested: &str) -> VersionRefused {
@@ -173,7 +176,11 @@ mod tests {
              The supported version range is: [1.1, 1.115]."
         );
         assert_eq!(refused.requested.as_deref(), Some("1.200"));
-        assert!(negotiate(&headers(&[(VERSION_HEADER, "2.1")])).unwrap_err().message.contains("major"));
+        assert_eq!(
+            negotiate(&headers(&[(VERSION_HEADER, "2.1")])).unwrap_err().message,
+            "Mutually exclusive versions requested. Version 2.1 requested but not supported by this service. \
+             The supported version range is: [1.1, 1.115]."
+        );
         assert!(negotiate(&headers(&[(VERSION_HEADER, "1.0")])).is_err());
         assert!(negotiate(&headers(&[(VERSION_HEADER, "one")])).unwrap_err().message.contains("Invalid value"));
     }

@@ -58,6 +58,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Ironic's text for a 405, which the router produces without a body.
+const METHOD_NOT_ALLOWED_MESSAGE: &str = "The method specified is not allowed for this resource.";
+
 fn is_api_path(path: &str) -> bool {
     path == "/" || path == "/v1" || path.starts_with("/v1/")
 }
@@ -87,7 +90,7 @@ async fn ironic_api(mut request: Request, next: Next) -> Response {
         response.headers().get(CONTENT_TYPE).is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
     if (status.is_client_error() || status.is_server_error()) && !is_json {
         let message = match status {
-            StatusCode::METHOD_NOT_ALLOWED => Error::MethodNotAllowed.to_string(),
+            StatusCode::METHOD_NOT_ALLOWED => METHOD_NOT_ALLOWED_MESSAGE.to_owned(),
             other => other.canonical_reason().unwrap_or("Error").to_owned(),
         };
         let headers = std::mem::take(response.headers_mut());
@@ -149,6 +152,33 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     }
 }
 
+/// `text` as a lowercase hyphenated UUID, if it is a UUID in any spelling `uuid` accepts.
+fn canonical_uuid(text: &str) -> Option<String> {
+    uuid::Uuid::parse_str(text).ok().map(|parsed| parsed.hyphenated().to_string())
+}
+
+/// Parses and checks `fields=a,b` against a resource's `(field, minimum minor version)`
+/// table: needs 1.8, names known fields or `links` (else 400), visible at this version (else 406).
+fn parse_fields<'a>(
+    text: &str,
+    version: ApiVersion,
+    known: impl IntoIterator<Item = (&'a str, u32)>,
+) -> Result<Vec<String>, Error> {
+    version.require(microversion::FETCH_FIELDS)?;
+    let known: Vec<(&str, u32)> = known.into_iter().chain([("links", 1)]).collect();
+    let requested: Vec<String> =
+        text.split(',').map(str::trim).filter(|name| !name.is_empty()).map(str::to_owned).collect();
+    let minimum = |name: &str| known.iter().find(|(field, _)| *field == name).map(|(_, minor)| *minor);
+    let unknown: Vec<&str> = requested.iter().map(String::as_str).filter(|name| minimum(name).is_none()).collect();
+    if !unknown.is_empty() {
+        return Err(Error::Invalid(format!("Field(s) \"{}\" are not valid", unknown.join(", "))));
+    }
+    if requested.iter().any(|name| minimum(name).is_some_and(|minor| !version.at_least(minor))) {
+        return Err(Error::not_acceptable());
+    }
+    Ok(requested)
+}
+
 /// Query parameters; an unknown one is refused like Ironic's `Unknown argument`.
 pub struct QueryParams(pub BTreeMap<String, String>);
 
@@ -189,8 +219,8 @@ pub enum NodeIdent {
 
 impl NodeIdent {
     pub fn parse(ident: &str, version: ApiVersion) -> Result<NodeIdent, Error> {
-        if let Ok(parsed) = uuid::Uuid::parse_str(ident) {
-            return Ok(NodeIdent::Uuid(parsed.hyphenated().to_string()));
+        if let Some(uuid) = canonical_uuid(ident) {
+            return Ok(NodeIdent::Uuid(uuid));
         }
         if !version.at_least(microversion::NODE_NAME) {
             return Err(Error::NodeNotFound(ident.to_owned()));

@@ -2,6 +2,8 @@
 //! (`PATCH_ALLOWED_FIELDS`) and minimum microversions (`VERSIONED_FIELDS`), plus the
 //! validation that turns a JSON document into [`Node`] fields with jsonschema-like messages.
 
+use std::sync::LazyLock;
+
 use serde_json::Value;
 
 use super::microversion::ApiVersion;
@@ -69,7 +71,7 @@ pub const INTERFACE_FIELDS: &[(&str, u32)] = &[
 
 const INTERFACE_SUFFIX: &str = "_interface";
 
-/// Every field a client may write, interfaces excepted (see [`writable_fields`]).
+/// Every field a client may write, interfaces excepted (see [`WRITABLE_FIELDS`]).
 const FIELDS: &[WritableField] = &[
     field("automated_clean", Kind::OptionalFlag, 47, true, true),
     // Ironic sets boot_mode through `PUT .../states/boot_mode`, which needs a BMC; Ferric
@@ -103,12 +105,12 @@ const FIELDS: &[WritableField] = &[
 ];
 
 /// All writable fields, interfaces included, sorted by name.
-pub fn writable_fields() -> Vec<WritableField> {
+pub static WRITABLE_FIELDS: LazyLock<Vec<WritableField>> = LazyLock::new(|| {
     let interfaces = INTERFACE_FIELDS.iter().map(|(name, min_minor)| field(name, Kind::Text, *min_minor, true, true));
     let mut all: Vec<WritableField> = FIELDS.iter().copied().chain(interfaces).collect();
     all.sort_by_key(|field| field.name);
     all
-}
+});
 
 /// Checks a request object against the allowed fields and their types, like jsonschema
 /// under Ironic's `args.schema` (`Schema error for <what>: <jsonschema message>`).
@@ -225,15 +227,17 @@ pub fn apply(node: &mut Node, object: &JsonObject, fields: &[WritableField]) -> 
     Ok(())
 }
 
-fn normalise(field: &WritableField, value: &Value) -> Result<Value, Error> {
+/// A schema-checked value as stored: boolean strings parsed, UUIDs canonical, and nulls
+/// of fields that cannot be null replaced by their empty value.
+pub fn normalise(field: &WritableField, value: &Value) -> Result<Value, Error> {
     Ok(match (field.kind, value) {
         (Kind::Object, Value::Null) => Value::Object(JsonObject::new()),
         (Kind::TextOrEmpty, Value::Null) => Value::String(String::new()),
         (Kind::Flag, Value::Null) => Value::Bool(false),
         (Kind::Flag | Kind::OptionalFlag, Value::String(text)) => Value::Bool(parse_bool(field.name, text)?),
-        (Kind::Uuid, Value::String(text)) => match uuid::Uuid::parse_str(text) {
-            Ok(parsed) => Value::String(parsed.hyphenated().to_string()),
-            Err(_) => return Err(Error::Invalid(format!("Expected a UUID for {}: {text}", field.name))),
+        (Kind::Uuid, Value::String(text)) => match super::canonical_uuid(text) {
+            Some(uuid) => Value::String(uuid),
+            None => return Err(Error::Invalid(format!("Expected a UUID for {}: {text}", field.name))),
         },
         (_, other) => other.clone(),
     })
@@ -316,7 +320,7 @@ mod tests {
     }
 
     fn create_fields() -> Vec<WritableField> {
-        writable_fields().into_iter().filter(|field| field.on_create).collect()
+        WRITABLE_FIELDS.iter().filter(|field| field.on_create).copied().collect()
     }
 
     #[test]
@@ -334,7 +338,7 @@ mod tests {
 
     #[test]
     fn interface_fields_exist_for_every_type() {
-        let fields = writable_fields();
+        let fields = &*WRITABLE_FIELDS;
         for (name, _) in INTERFACE_FIELDS {
             assert!(fields.iter().any(|field| field.name == *name), "{name}");
         }
@@ -344,28 +348,28 @@ mod tests {
     #[test]
     fn applying_converts_strings_and_nulls() {
         let mut node = Node::new("u".into(), "ipmi".into(), ProvisionState::Enroll, "t".into());
-        let fields = writable_fields();
+        let fields = &*WRITABLE_FIELDS;
         let update = object(json!({
             "maintenance": "yes", "extra": null, "power_interface": "ipmitool", "conductor_group": null,
             "instance_uuid": "0C7E1A1E5C3F4F7B9A5E3F1F6F0F2A11"
         }));
-        apply(&mut node, &update, &fields).unwrap();
+        apply(&mut node, &update, fields).unwrap();
         assert!(node.maintenance);
         assert_eq!(node.interfaces["power"], "ipmitool");
         assert_eq!(node.instance_uuid.as_deref(), Some("0c7e1a1e-5c3f-4f7b-9a5e-3f1f6f0f2a11"));
-        assert_eq!(document(&node, &fields)["power_interface"], "ipmitool");
-        apply(&mut node, &object(json!({"power_interface": null})), &fields).unwrap();
+        assert_eq!(document(&node, fields)["power_interface"], "ipmitool");
+        apply(&mut node, &object(json!({"power_interface": null})), fields).unwrap();
         assert!(node.interfaces.is_empty());
-        assert!(apply(&mut node, &object(json!({"maintenance": "maybe"})), &fields).is_err());
+        assert!(apply(&mut node, &object(json!({"maintenance": "maybe"})), fields).is_err());
     }
 
     #[test]
     fn newer_fields_are_refused_on_old_versions() {
-        let fields = writable_fields();
+        let fields = &*WRITABLE_FIELDS;
         let old = ApiVersion { minor: 1 };
-        assert!(reject_newer_fields(&object(json!({"name": "n"})), &fields, old).is_err());
-        assert!(reject_newer_fields(&object(json!({"name": null, "conductor_group": ""})), &fields, old).is_ok());
-        assert!(reject_newer_fields(&object(json!({"name": "n"})), &fields, ApiVersion { minor: 5 }).is_ok());
+        assert!(reject_newer_fields(&object(json!({"name": "n"})), fields, old).is_err());
+        assert!(reject_newer_fields(&object(json!({"name": null, "conductor_group": ""})), fields, old).is_ok());
+        assert!(reject_newer_fields(&object(json!({"name": "n"})), fields, ApiVersion { minor: 5 }).is_ok());
     }
 
     #[test]

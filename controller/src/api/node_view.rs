@@ -74,24 +74,9 @@ fn all_fields() -> impl Iterator<Item = (&'static str, u32)> {
     NODE_FIELDS.iter().chain(INTERFACE_FIELDS).copied()
 }
 
-/// Parses and checks `fields=a,b`: needs 1.8, known fields (400), visible at this version (406).
+/// Parses and checks a node request's `fields=a,b` (see [`super::parse_fields`]).
 pub fn parse_fields(text: &str, version: ApiVersion) -> Result<Vec<String>, Error> {
-    version.require(microversion::FETCH_FIELDS)?;
-    let requested: Vec<String> =
-        text.split(',').map(str::trim).filter(|name| !name.is_empty()).map(str::to_owned).collect();
-    let known =
-        |name: &str| name == "links" || all_fields().chain(LINK_FIELDS.iter().copied()).any(|(field, _)| field == name);
-    let unknown: Vec<&str> = requested.iter().map(String::as_str).filter(|name| !known(name)).collect();
-    if !unknown.is_empty() {
-        return Err(Error::Invalid(format!("Field(s) \"{}\" are not valid", unknown.join(", "))));
-    }
-    let hidden = all_fields()
-        .chain(LINK_FIELDS.iter().copied())
-        .any(|(field, minor)| !version.at_least(minor) && requested.iter().any(|name| name == field));
-    if hidden {
-        return Err(Error::not_acceptable());
-    }
-    Ok(requested)
+    super::parse_fields(text, version, all_fields().chain(LINK_FIELDS.iter().copied()))
 }
 
 /// Renders a node. `selection` limits the fields (links always stay), `None` shows all.

@@ -1,5 +1,7 @@
 //! `/v1/nodes`: create, list, show, patch, delete, maintenance.
 
+use std::sync::LazyLock;
+
 use axum::extract::{Path, State};
 use axum::http::header::LOCATION;
 use axum::http::StatusCode;
@@ -9,7 +11,7 @@ use chrono::Utc;
 use serde_json::{json, Value};
 
 use super::microversion::{self, ApiVersion};
-use super::node_fields::{self, WritableField};
+use super::node_fields::{self, WritableField, WRITABLE_FIELDS};
 use super::node_view::{self, DEFAULT_LIST_FIELDS};
 use super::{patch, BaseUrl, JsonBody, NodeIdent, QueryParams};
 use crate::conductor::refuse_if_protected;
@@ -28,13 +30,11 @@ const MAX_LIMIT: usize = 1000;
 const LIST_PARAMETERS: &[&str] =
     &["fields", "detail", "limit", "marker", "provision_state", "driver", "maintenance", "associated"];
 
-fn create_fields() -> Vec<WritableField> {
-    node_fields::writable_fields().into_iter().filter(|field| field.on_create).collect()
-}
+static CREATE_FIELDS: LazyLock<Vec<WritableField>> =
+    LazyLock::new(|| WRITABLE_FIELDS.iter().filter(|field| field.on_create).copied().collect());
 
-fn patch_fields() -> Vec<WritableField> {
-    node_fields::writable_fields().into_iter().filter(|field| field.patchable).collect()
-}
+static PATCH_FIELDS: LazyLock<Vec<WritableField>> =
+    LazyLock::new(|| WRITABLE_FIELDS.iter().filter(|field| field.patchable).copied().collect());
 
 /// Ironic's `NoValidHost` (turned into a 400) for a driver no conductor has.
 fn check_driver(driver: &str, conductor_group: &str) -> Result<(), Error> {
@@ -64,7 +64,7 @@ fn node_conflict(error: StoreError, node: &Node) -> Error {
 }
 
 fn render_full(state: &AppState, node: &Node, version: ApiVersion, base: &str) -> Value {
-    node_view::render(node, version, base, &state.conductor.name, None)
+    node_view::render(node, version, base, state.conductor.name(), None)
 }
 
 pub async fn create(
@@ -76,9 +76,9 @@ pub async fn create(
     let Value::Object(mut object) = body else {
         return Err(Error::Invalid(format!("Schema error for node: {body} is not of type 'object'")));
     };
-    let fields = create_fields();
-    node_fields::check_schema("node", &object, &fields, &["driver"])?;
-    node_fields::reject_newer_fields(&object, &fields, version)?;
+    let fields = &*CREATE_FIELDS;
+    node_fields::check_schema("node", &object, fields, &["driver"])?;
+    node_fields::reject_newer_fields(&object, fields, version)?;
     if let Some(name) = object.get("name").and_then(Value::as_str) {
         if !node_fields::is_valid_node_name(name, version) {
             return Err(Error::Invalid(format!("Cannot create node with invalid name '{name}'")));
@@ -93,7 +93,7 @@ pub async fn create(
     }
     let uuid = uuid::Uuid::new_v4().to_string();
     let mut node = Node::new(uuid, driver, initial_state, timestamp(Utc::now()));
-    node_fields::apply(&mut node, &object, &fields)?;
+    node_fields::apply(&mut node, &object, fields)?;
     let stored = node.clone();
     state.store.run(move |tx| tx.insert_node(&stored).map_err(|error| node_conflict(error, &stored))).await?;
     tracing::info!(node = %node.uuid, driver = %node.driver, state = %node.provision_state, "node enrolled");
@@ -180,7 +180,7 @@ async fn list_nodes(
     };
     let selection = if detail { None } else { Some(names.as_slice()) };
     let rendered: Vec<Value> =
-        nodes.iter().map(|node| node_view::render(node, version, &base, &state.conductor.name, selection)).collect();
+        nodes.iter().map(|node| node_view::render(node, version, &base, state.conductor.name(), selection)).collect();
     let mut body = json!({ "nodes": rendered });
     if let (true, Some(last)) = (nodes.len() == limit, nodes.last()) {
         let path = if detail_path { "/v1/nodes/detail" } else { "/v1/nodes" };
@@ -219,7 +219,7 @@ pub async fn show(
     let fields = query.get("fields").map(|text| node_view::parse_fields(text, version)).transpose()?;
     let node = NodeIdent::find(&state, &ident, version).await?;
     let names: Option<Vec<&str>> = fields.as_ref().map(|fields| fields.iter().map(String::as_str).collect());
-    Ok(Json(node_view::render(&node, version, &base, &state.conductor.name, names.as_deref())))
+    Ok(Json(node_view::render(&node, version, &base, state.conductor.name(), names.as_deref())))
 }
 
 pub async fn update(
@@ -230,18 +230,20 @@ pub async fn update(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, Error> {
     let operations = patch::parse(&body)?;
-    let all_fields = node_fields::writable_fields();
-    for operation in &operations {
-        let too_new = all_fields.iter().any(|field| {
-            operation.path() == format!("/{}", field.name)
+    // A field newer than the request's version may not be given a value, nor may anything
+    // inside it (`add /network_data/x`).
+    let too_new = operations.iter().any(|operation| {
+        let root = operation.root();
+        WRITABLE_FIELDS.iter().any(|field| {
+            field.name == root
                 && !version.at_least(field.min_minor)
                 && operation.value().is_some_and(|value| !value.is_null())
-        });
-        if too_new {
-            return Err(Error::not_acceptable());
-        }
+        })
+    });
+    if too_new {
+        return Err(Error::not_acceptable());
     }
-    let fields = patch_fields();
+    let fields = &*PATCH_FIELDS;
     if let Some(refused) =
         operations.iter().find(|operation| !fields.iter().any(|field| field.name == operation.root()))
     {
@@ -263,10 +265,10 @@ pub async fn update(
                     ident.as_str()
                 )));
             }
-            let mut document = Value::Object(node_fields::document(&node, &fields));
+            let mut document = Value::Object(node_fields::document(&node, fields));
             patch::apply(&mut document, &operations)?;
             let Value::Object(patched) = document else { unreachable!("patching keeps the root an object") };
-            node_fields::check_schema("patch", &patched, &fields, &[])?;
+            node_fields::check_schema("patch", &patched, fields, &[])?;
             if let Some(name) = patched.get("name").and_then(Value::as_str) {
                 if node.name.as_deref() != Some(name) && !node_fields::is_valid_node_name(name, version) {
                     return Err(Error::Invalid(format!(
@@ -278,7 +280,7 @@ pub async fn update(
             if let Some(driver) = patched.get("driver").and_then(Value::as_str) {
                 check_driver(driver, &node.conductor_group)?;
             }
-            node_fields::apply(&mut node, &patched, &fields)?;
+            node_fields::apply(&mut node, &patched, fields)?;
             if !node.maintenance {
                 node.maintenance_reason = None;
             }

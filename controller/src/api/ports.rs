@@ -23,7 +23,8 @@ const PORT_FIELDS: &[WritableField] = &[
     field("address", Kind::RequiredText, 1, true, false),
     field("extra", Kind::Object, 1, true, false),
     field("node_uuid", Kind::Uuid, 1, true, false),
-    field("pxe_enabled", Kind::Flag, 19, true, false),
+    // Null means the default, true.
+    field("pxe_enabled", Kind::OptionalFlag, 19, true, false),
     field("uuid", Kind::Uuid, 1, true, false),
 ];
 
@@ -70,19 +71,9 @@ fn render(port: &Port, version: ApiVersion, base: &str, selection: Option<&[Stri
     Value::Object(out)
 }
 
+/// Parses and checks a port request's `fields=a,b` (see [`super::parse_fields`]).
 fn parse_fields(text: &str, version: ApiVersion) -> Result<Vec<String>, Error> {
-    version.require(super::microversion::FETCH_FIELDS)?;
-    let requested: Vec<String> =
-        text.split(',').map(str::trim).filter(|name| !name.is_empty()).map(str::to_owned).collect();
-    let unknown: Vec<&str> = requested
-        .iter()
-        .map(String::as_str)
-        .filter(|name| *name != "links" && !PORT_VIEW_FIELDS.iter().any(|(field, _)| field == name))
-        .collect();
-    if !unknown.is_empty() {
-        return Err(Error::Invalid(format!("Field(s) \"{}\" are not valid", unknown.join(", "))));
-    }
-    Ok(requested)
+    super::parse_fields(text, version, PORT_VIEW_FIELDS.iter().copied())
 }
 
 fn port_conflict(error: StoreError, port: &Port) -> Error {
@@ -108,31 +99,22 @@ pub async fn create(
     };
     node_fields::check_schema("port", &object, PORT_FIELDS, &["address", "node_uuid"])?;
     node_fields::reject_newer_fields(&object, PORT_FIELDS, version)?;
-    let text = |name: &str| object.get(name).and_then(Value::as_str);
+    // The schema-checked fields as stored (missing ones as null).
+    let mut normalised = JsonObject::new();
+    for field in PORT_FIELDS {
+        let value = object.get(field.name).map(|value| node_fields::normalise(field, value)).transpose()?;
+        normalised.insert(field.name.to_owned(), value.unwrap_or(Value::Null));
+    }
+    let text = |name: &str| normalised[name].as_str().map(str::to_owned);
     let raw_address = text("address").unwrap_or_default();
-    let address = normalize_mac(raw_address)
+    let address = normalize_mac(&raw_address)
         .ok_or_else(|| Error::Invalid(format!("Expected a MAC address but received {raw_address}.")))?;
-    let uuid_field = |name: &str| -> Result<Option<String>, Error> {
-        text(name)
-            .map(|value| {
-                uuid::Uuid::parse_str(value)
-                    .map(|parsed| parsed.hyphenated().to_string())
-                    .map_err(|_| Error::Invalid(format!("Expected a UUID for {name}: {value}")))
-            })
-            .transpose()
-    };
-    let node_uuid = uuid_field("node_uuid")?.unwrap_or_default();
-    let pxe_enabled = match object.get("pxe_enabled") {
-        None | Some(Value::Null) => true,
-        Some(Value::Bool(flag)) => *flag,
-        Some(other) => node_fields::parse_bool("pxe_enabled", other.as_str().unwrap_or_default())?,
-    };
     let port = Port {
-        uuid: uuid_field("uuid")?.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        uuid: text("uuid").unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         address,
-        node_uuid,
-        pxe_enabled,
-        extra: object.get("extra").and_then(Value::as_object).cloned().unwrap_or_else(JsonObject::new),
+        node_uuid: text("node_uuid").unwrap_or_default(),
+        pxe_enabled: normalised["pxe_enabled"].as_bool().unwrap_or(true),
+        extra: normalised["extra"].as_object().cloned().unwrap_or_default(),
         created_at: timestamp(Utc::now()),
         updated_at: None,
     };
@@ -221,9 +203,7 @@ async fn list_ports(
 }
 
 fn port_uuid(ident: &str) -> Result<String, Error> {
-    uuid::Uuid::parse_str(ident)
-        .map(|parsed| parsed.hyphenated().to_string())
-        .map_err(|_| Error::PortNotFound(ident.to_owned()))
+    super::canonical_uuid(ident).ok_or_else(|| Error::PortNotFound(ident.to_owned()))
 }
 
 pub async fn show(

@@ -27,9 +27,7 @@ pub async fn lookup(
     let node_uuid = query
         .get("node_uuid")
         .map(|text| {
-            uuid::Uuid::parse_str(text)
-                .map(|parsed| parsed.hyphenated().to_string())
-                .map_err(|_| Error::Invalid(format!("Expected a UUID for node_uuid: {text}")))
+            super::canonical_uuid(text).ok_or_else(|| Error::Invalid(format!("Expected a UUID for node_uuid: {text}")))
         })
         .transpose()?;
     if addresses.is_empty() && node_uuid.is_none() {

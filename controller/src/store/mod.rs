@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, Transaction};
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::fsm::ProvisionState;
@@ -158,10 +159,15 @@ pub struct Tx<'conn>(Transaction<'conn>);
 
 impl Tx<'_> {
     pub fn insert_node(&self, node: &Node) -> Result<(), StoreError> {
-        let columns = node_columns(node)?;
+        self.insert_row("nodes", node)
+    }
+
+    /// Inserts `record` into `table`, one column per serialised field.
+    fn insert_row(&self, table: &'static str, record: &impl Serialize) -> Result<(), StoreError> {
+        let columns = columns(table, record)?;
         let names: Vec<&str> = columns.iter().map(|(name, _)| name.as_str()).collect();
         let placeholders: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
-        let sql = format!("INSERT INTO nodes ({}) VALUES ({})", names.join(", "), placeholders.join(", "));
+        let sql = format!("INSERT INTO {table} ({}) VALUES ({})", names.join(", "), placeholders.join(", "));
         let values: Vec<SqlValue> = columns.into_iter().map(|(_, value)| value).collect();
         self.0.execute(&sql, rusqlite::params_from_iter(values)).map_err(constraint_error)?;
         Ok(())
@@ -169,13 +175,28 @@ impl Tx<'_> {
 
     /// Writes every field of `node` (found by uuid).
     pub fn update_node(&self, node: &Node) -> Result<(), StoreError> {
-        let columns = node_columns(node)?;
+        let columns = columns("nodes", node)?;
         let assignments: Vec<String> =
             columns.iter().enumerate().map(|(i, (name, _))| format!("{name} = ?{}", i + 1)).collect();
         let sql = format!("UPDATE nodes SET {} WHERE uuid = ?{}", assignments.join(", "), columns.len() + 1);
         let mut values: Vec<SqlValue> = columns.into_iter().map(|(_, value)| value).collect();
         values.push(SqlValue::Text(node.uuid.clone()));
         self.0.execute(&sql, rusqlite::params_from_iter(values)).map_err(constraint_error)?;
+        Ok(())
+    }
+
+    /// Writes only what a heartbeat records: the agent's report in `driver_internal_info`,
+    /// `provision_updated_at` (refreshed while the node waits for its agent) and `updated_at`.
+    pub fn update_heartbeat_fields(&self, node: &Node) -> Result<(), StoreError> {
+        self.0.execute(
+            "UPDATE nodes SET driver_internal_info = ?1, provision_updated_at = ?2, updated_at = ?3 WHERE uuid = ?4",
+            params![
+                Value::Object(node.driver_internal_info.clone()).to_string(),
+                node.provision_updated_at,
+                node.updated_at,
+                node.uuid,
+            ],
+        )?;
         Ok(())
     }
 
@@ -263,22 +284,7 @@ impl Tx<'_> {
     }
 
     pub fn insert_port(&self, port: &Port) -> Result<(), StoreError> {
-        self.0
-            .execute(
-                "INSERT INTO ports (uuid, address, node_uuid, pxe_enabled, extra, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    port.uuid,
-                    port.address,
-                    port.node_uuid,
-                    port.pxe_enabled,
-                    Value::Object(port.extra.clone()).to_string(),
-                    port.created_at,
-                    port.updated_at,
-                ],
-            )
-            .map_err(constraint_error)?;
-        Ok(())
+        self.insert_row("ports", port)
     }
 
     pub fn port_by_uuid(&self, uuid: &str) -> Result<Option<Port>, StoreError> {
@@ -312,24 +318,7 @@ impl Tx<'_> {
     }
 
     pub fn insert_history(&self, event: &HistoryEvent) -> Result<(), StoreError> {
-        self.0.execute(
-            "INSERT INTO node_history
-             (uuid, node_uuid, created_at, severity, event_type, event, conductor, user, from_state, to_state)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![
-                event.uuid,
-                event.node_uuid,
-                event.created_at,
-                event.severity.as_str(),
-                event.event_type,
-                event.event,
-                event.conductor,
-                event.user,
-                event.from_state,
-                event.to_state,
-            ],
-        )?;
-        Ok(())
+        self.insert_row("node_history", event)
     }
 
     /// A node's history, oldest first.
@@ -361,25 +350,24 @@ impl Tx<'_> {
         let row = self
             .0
             .query_row(
-                "SELECT inventory, plugin_data, created_at FROM node_inventory WHERE node_uuid = ?1",
+                "SELECT inventory, plugin_data FROM node_inventory WHERE node_uuid = ?1",
                 params![node_uuid],
-                |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?)),
+                |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
             )
             .optional()?;
-        row.map(|(inventory, plugin_data, created_at)| {
+        row.map(|(inventory, plugin_data)| {
             let decode = |text: &str| {
                 serde_json::from_str(text).map_err(|source| StoreError::Decode { table: "node_inventory", source })
             };
-            Ok(StoredInventory { inventory: decode(&inventory)?, plugin_data: decode(&plugin_data)?, created_at })
+            Ok(StoredInventory { inventory: decode(&inventory)?, plugin_data: decode(&plugin_data)? })
         })
         .transpose()
     }
 }
 
-/// A node's fields as (column, SQL value) pairs, from its serde form.
-fn node_columns(node: &Node) -> Result<Vec<(String, SqlValue)>, StoreError> {
-    let Value::Object(fields) =
-        serde_json::to_value(node).map_err(|source| StoreError::Decode { table: "nodes", source })?
+/// A record's fields as (column, SQL value) pairs, from its serde form.
+fn columns(table: &'static str, record: &impl Serialize) -> Result<Vec<(String, SqlValue)>, StoreError> {
+    let Value::Object(fields) = serde_json::to_value(record).map_err(|source| StoreError::Decode { table, source })?
     else {
         unreachable!("a struct serialises to a JSON object");
     };
