@@ -4,6 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+if [ "$(id -u)" -ne 0 ]; then
+    echo "demo.sh: run as root: like the end-to-end tests, it needs loop devices, mounts and network namespaces" >&2
+    exit 1
+fi
+
 bash scripts/setup.sh
 cargo build --release --workspace --bins
 exec target/release/ferric-demo "$@"

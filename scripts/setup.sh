@@ -29,8 +29,8 @@ else
     echo "setup: all ${#packages[@]} packages present"
 fi
 
-# The kernel package (not the metapackage) the image builder and the test OS use; the image builder
-# would download it too, but the test OS test needs it before any ramdisk is built.
+# The kernel package (not the metapackage) the tests and the demo build the ramdisk from (the test OS
+# boots the same kernel); they use the newest one cached here and never download it themselves.
 kernel_cache=.cache/kernel
 if compgen -G "$kernel_cache/linux-image-[0-9]*.deb" >/dev/null; then
     echo "setup: kernel package cached in $kernel_cache"

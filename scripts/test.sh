@@ -4,6 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+if [ "$(id -u)" -ne 0 ]; then
+    echo "test.sh: run as root: the end-to-end tests need it for loop devices, mounts and network namespaces" >&2
+    exit 1
+fi
+
 step=setup
 started=$SECONDS
 trap 'echo "TEST SUMMARY: FAILED during ${step} after $((SECONDS - started))s"' ERR

@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use ferric_runner::{tail_lines, CommandError};
 use reqwest::blocking::{Client, RequestBuilder};
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::Method;
 use serde_json::{json, Value};
 
+use crate::path_io::PathIoError;
 use crate::paths::{self, PathError};
 
 /// The guest's address for the host's 127.0.0.1 on QEMU's user network.
@@ -23,24 +25,21 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// How many controller log lines an error shows.
 const LOG_TAIL_LINES: usize = 40;
+/// How the OS error reads in the controller's log when its `--listen` port is taken.
+const ADDRESS_IN_USE: &str = "Address already in use";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
     #[error(transparent)]
     Path(#[from] PathError),
-    #[error("{path}: {action}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("could not start {binary}")]
-    Spawn {
-        binary: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
+    #[error(transparent)]
+    Spawn(#[from] CommandError),
+    #[error("cannot find a free port on 127.0.0.1")]
+    FreePort(#[source] std::io::Error),
+    #[error("waiting for ferric-controller failed")]
+    Wait(#[source] std::io::Error),
     #[error("ferric-controller exited ({status}) during startup; its log:\n{log_tail}")]
     ExitedDuringStartup { status: ExitStatus, log_tail: String },
     #[error("ferric-controller did not answer GET {url} within {timeout:?}; its log:\n{log_tail}")]
@@ -59,14 +58,28 @@ pub struct Controller {
 
 impl Controller {
     /// Starts the controller with its database and log in `work_dir`, serving the ramdisk in `ramdisk_dir`.
+    ///
+    /// The controller must know its public URL, which holds its port, before it binds; so the harness
+    /// picks a free port and hands it over, and another process may take it in between. One retry on
+    /// a fresh port makes that rare race negligible.
     pub fn start(work_dir: &Path, ramdisk_dir: &Path) -> Result<Controller, ControllerError> {
         let binary = paths::workspace_binary("ferric-controller")?;
-        fs::create_dir_all(work_dir).map_err(io_err("create directory", work_dir))?;
-        let port = free_loopback_port().map_err(io_err("find a free port", Path::new("127.0.0.1")))?;
+        fs::create_dir_all(work_dir).map_err(PathIoError::at("create directory", work_dir))?;
+        match Controller::start_on_free_port(&binary, work_dir, ramdisk_dir) {
+            Err(ControllerError::ExitedDuringStartup { log_tail, .. }) if log_tail.contains(ADDRESS_IN_USE) => {
+                tracing::warn!("the controller's port was taken before it could bind; retrying on another");
+                Controller::start_on_free_port(&binary, work_dir, ramdisk_dir)
+            }
+            result => result,
+        }
+    }
+
+    fn start_on_free_port(binary: &Path, work_dir: &Path, ramdisk_dir: &Path) -> Result<Controller, ControllerError> {
+        let port = free_loopback_port().map_err(ControllerError::FreePort)?;
         let log_path = work_dir.join("controller.log");
-        let log = fs::File::create(&log_path).map_err(io_err("create", &log_path))?;
-        let log_stderr = log.try_clone().map_err(io_err("duplicate handle of", &log_path))?;
-        let mut cmd = Command::new(&binary);
+        let log = fs::File::create(&log_path).map_err(PathIoError::at("create", &log_path))?;
+        let log_stderr = log.try_clone().map_err(PathIoError::at("duplicate the handle of", &log_path))?;
+        let mut cmd = Command::new(binary);
         cmd.arg("serve")
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
@@ -77,11 +90,12 @@ impl Controller {
             .arg("--ramdisk-dir")
             .arg(ramdisk_dir)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            // The log is a file that errors quote: no colour escapes.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_stderr);
-        tracing::info!(command = %ferric_runner::command_line(&cmd), "starting controller");
-        let child = cmd.spawn().map_err(|source| ControllerError::Spawn { binary, source })?;
+        let child = ferric_runner::spawn("start ferric-controller", &mut cmd)?;
         let mut controller = Controller { child, port, log_path };
         controller.wait_until_ready()?;
         Ok(controller)
@@ -102,24 +116,14 @@ impl Controller {
         format!("{}/boot.ipxe", self.public_url())
     }
 
-    pub fn log_path(&self) -> &Path {
-        &self.log_path
-    }
-
     /// The last lines of the controller's log, for failure messages.
     pub fn log_tail(&self) -> String {
         let log = fs::read(&self.log_path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+        tail_lines(&log, LOG_TAIL_LINES)
     }
 
     pub fn client(&self) -> Result<ApiClient, ClientError> {
         ApiClient::new(&self.base_url())
-    }
-
-    /// Whether the process is still running (a crash shows up here rather than as a timeout).
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
     }
 
     fn wait_until_ready(&mut self) -> Result<(), ControllerError> {
@@ -127,7 +131,7 @@ impl Controller {
         let probe = Client::builder().timeout(Duration::from_secs(2)).build().map_err(ClientError::Build)?;
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
-            if let Some(status) = self.child.try_wait().map_err(io_err("wait for", &self.log_path))? {
+            if let Some(status) = self.child.try_wait().map_err(ControllerError::Wait)? {
                 return Err(ControllerError::ExitedDuringStartup { status, log_tail: self.log_tail() });
             }
             if probe.get(&url).send().is_ok_and(|r| r.status().is_success()) {
@@ -292,11 +296,6 @@ impl ApiClient {
         }
         Ok(text)
     }
-}
-
-fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ControllerError {
-    let path = path.to_path_buf();
-    move |source| ControllerError::Io { action, path, source }
 }
 
 #[cfg(test)]

@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::paths;
-use crate::ramdisk::ensure_ramdisk;
+use crate::ramdisk::build_ramdisk;
 use crate::scenario::{history_timeline, BootOutcome, Budget, DeployEnv, ScenarioError, TimelineEntry};
+
+const MIB: f64 = 1024.0 * 1024.0;
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -21,6 +23,8 @@ pub struct DemoReport {
     pub work_dir: PathBuf,
     pub image_bytes: u64,
     pub image_sha256: String,
+    /// As the agent reported it, when the node still shows its `write_image` result.
+    pub agent_write_mib_per_second: Option<f64>,
     pub outcome: BootOutcome,
     pub timeline: Vec<TimelineEntry>,
 }
@@ -37,6 +41,9 @@ impl DemoReport {
             "Deployed {} bytes (sha256 {}); the disk holds the image byte for byte.",
             self.image_bytes, self.image_sha256
         );
+        if let Some(speed) = self.agent_write_mib_per_second {
+            let _ = writeln!(text, "The agent wrote {:.1} MiB at {speed:.1} MiB/s.", self.image_bytes as f64 / MIB);
+        }
         let _ = writeln!(
             text,
             "Deploy request -> active {:.1}s, -> deployed OS booted {:.1}s, -> powered off {:.1}s.",
@@ -54,7 +61,7 @@ impl DemoReport {
 pub fn run(options: &DemoOptions) -> Result<DemoReport, ScenarioError> {
     let budget = Budget::new(options.budget);
     tracing::info!("building the ramdisk");
-    let ramdisk = ensure_ramdisk(&paths::scratch_dir()?.join("ramdisk"))?;
+    let ramdisk = build_ramdisk(&paths::scratch_dir()?.join("ramdisk"))?;
     tracing::info!("starting the controller and enrolling the node");
     let env = DeployEnv::prepare("demo", &ramdisk, &options.mac, &budget)?;
     tracing::info!(node = %env.node, "deploying; the VM network-boots the ramdisk (TCG is slow: minutes)");
@@ -77,6 +84,7 @@ pub fn run(options: &DemoOptions) -> Result<DemoReport, ScenarioError> {
         work_dir: env.work_dir.clone(),
         image_bytes: env.image.size_bytes,
         image_sha256: env.image.sha256.clone(),
+        agent_write_mib_per_second: outcome.agent_write_mib_per_second(),
         outcome,
         timeline,
     })
@@ -90,8 +98,9 @@ mod tests {
     fn report_lists_the_timeline_in_order_with_signed_seconds() {
         let report = DemoReport {
             work_dir: "/w/demo".into(),
-            image_bytes: 1024,
+            image_bytes: 48 * 1024 * 1024,
             image_sha256: "ab".into(),
+            agent_write_mib_per_second: Some(38.26),
             outcome: BootOutcome {
                 to_active: Duration::from_secs(80),
                 to_marker: Duration::from_secs(95),
@@ -108,5 +117,6 @@ mod tests {
         let booted = text.find("   +95.0s  booted").expect(&text);
         assert!(available < booted, "{text}");
         assert!(text.contains("-> active 80.0s") && text.contains("/w/demo"), "{text}");
+        assert!(text.contains("agent wrote 48.0 MiB at 38.3 MiB/s"), "{text}");
     }
 }

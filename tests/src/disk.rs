@@ -2,40 +2,33 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use crate::path_io::PathIoError;
 
 /// "EFI PART", the GPT header signature.
 pub const GPT_SIGNATURE: &[u8; 8] = b"EFI PART";
 const SECTOR: u64 = 512;
 const CHUNK: usize = 1024 * 1024;
 
-#[derive(Debug, thiserror::Error)]
-#[error("{path}: {action}")]
-pub struct DiskError {
-    action: &'static str,
-    path: PathBuf,
-    #[source]
-    source: io::Error,
-}
-
 /// Creates (or truncates to zero and regrows) a sparse raw disk of `bytes`.
-pub fn create_sparse(path: &Path, bytes: u64) -> Result<(), DiskError> {
-    let file = File::create(path).map_err(disk_err("create", path))?;
-    file.set_len(bytes).map_err(disk_err("size", path))
+pub fn create_sparse(path: &Path, bytes: u64) -> Result<(), PathIoError> {
+    let file = File::create(path).map_err(PathIoError::at("create", path))?;
+    file.set_len(bytes).map_err(PathIoError::at("set the size of", path))
 }
 
 /// The offset of the first byte where `disk` differs from `image` (over the image's length), if any.
-pub fn first_difference(disk: &Path, image: &Path) -> Result<Option<u64>, DiskError> {
-    let mut disk_file = File::open(disk).map_err(disk_err("open", disk))?;
-    let mut image_file = File::open(image).map_err(disk_err("open", image))?;
+pub fn first_difference(disk: &Path, image: &Path) -> Result<Option<u64>, PathIoError> {
+    let mut disk_file = File::open(disk).map_err(PathIoError::at("open", disk))?;
+    let mut image_file = File::open(image).map_err(PathIoError::at("open", image))?;
     let (mut disk_buf, mut image_buf) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
     let mut offset = 0u64;
     loop {
-        let n = read_full(&mut image_file, &mut image_buf).map_err(disk_err("read", image))?;
+        let n = read_full(&mut image_file, &mut image_buf).map_err(PathIoError::at("read", image))?;
         if n == 0 {
             return Ok(None);
         }
-        let got = read_full(&mut disk_file, &mut disk_buf[..n]).map_err(disk_err("read", disk))?;
+        let got = read_full(&mut disk_file, &mut disk_buf[..n]).map_err(PathIoError::at("read", disk))?;
         if let Some(i) = (0..n).find(|&i| i >= got || disk_buf[i] != image_buf[i]) {
             return Ok(Some(offset + i as u64));
         }
@@ -44,14 +37,14 @@ pub fn first_difference(disk: &Path, image: &Path) -> Result<Option<u64>, DiskEr
 }
 
 /// The offset of the first non-zero byte in `[offset, offset + len)`, if any (bytes past the end count as zero).
-pub fn first_nonzero(path: &Path, offset: u64, len: u64) -> Result<Option<u64>, DiskError> {
-    let mut file = File::open(path).map_err(disk_err("open", path))?;
-    file.seek(SeekFrom::Start(offset)).map_err(disk_err("seek", path))?;
+pub fn first_nonzero(path: &Path, offset: u64, len: u64) -> Result<Option<u64>, PathIoError> {
+    let mut file = File::open(path).map_err(PathIoError::at("open", path))?;
+    file.seek(SeekFrom::Start(offset)).map_err(PathIoError::at("seek", path))?;
     let mut buf = vec![0u8; CHUNK];
     let mut done = 0u64;
     while done < len {
         let want = (len - done).min(CHUNK as u64) as usize;
-        let n = read_full(&mut file, &mut buf[..want]).map_err(disk_err("read", path))?;
+        let n = read_full(&mut file, &mut buf[..want]).map_err(PathIoError::at("read", path))?;
         if let Some(i) = buf[..n].iter().position(|&b| b != 0) {
             return Ok(Some(offset + done + i as u64));
         }
@@ -74,23 +67,17 @@ pub struct BootStructures {
     pub backup_gpt: bool,
 }
 
-impl BootStructures {
-    pub fn any(&self) -> bool {
-        self.primary_gpt || self.mbr_signature || self.backup_gpt
-    }
-}
-
 /// Reads the partition-table signatures of a raw disk file.
-pub fn boot_structures(path: &Path) -> Result<BootStructures, DiskError> {
-    let mut file = File::open(path).map_err(disk_err("open", path))?;
-    let size = file.metadata().map_err(disk_err("stat", path))?.len();
+pub fn boot_structures(path: &Path) -> Result<BootStructures, PathIoError> {
+    let mut file = File::open(path).map_err(PathIoError::at("open", path))?;
+    let size = file.metadata().map_err(PathIoError::at("stat", path))?.len();
     let mut head = [0u8; 2 * SECTOR as usize];
-    let got = read_full(&mut file, &mut head).map_err(disk_err("read", path))?;
+    let got = read_full(&mut file, &mut head).map_err(PathIoError::at("read", path))?;
     let head = &head[..got];
     let mut last = [0u8; 8];
     let backup_gpt = size >= 3 * SECTOR && {
-        file.seek(SeekFrom::Start(size - SECTOR)).map_err(disk_err("seek", path))?;
-        read_full(&mut file, &mut last).map_err(disk_err("read", path))? == 8 && &last == GPT_SIGNATURE
+        file.seek(SeekFrom::Start(size - SECTOR)).map_err(PathIoError::at("seek", path))?;
+        read_full(&mut file, &mut last).map_err(PathIoError::at("read", path))? == 8 && &last == GPT_SIGNATURE
     };
     Ok(BootStructures {
         primary_gpt: head.get(512..520) == Some(GPT_SIGNATURE.as_slice()),
@@ -111,11 +98,6 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(filled)
-}
-
-fn disk_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DiskError {
-    let path = path.to_path_buf();
-    move |source| DiskError { action, path, source }
 }
 
 #[cfg(test)]
@@ -170,7 +152,8 @@ mod tests {
         let disk = dir.path().join("disk");
         let size = 4 * CHUNK as u64;
         create_sparse(&disk, size).unwrap();
-        assert!(!boot_structures(&disk).unwrap().any());
+        let blank = BootStructures { primary_gpt: false, mbr_signature: false, backup_gpt: false };
+        assert_eq!(boot_structures(&disk).unwrap(), blank);
         write_at(&disk, 510, &[0x55, 0xAA]);
         write_at(&disk, 512, GPT_SIGNATURE);
         write_at(&disk, size - SECTOR, GPT_SIGNATURE);

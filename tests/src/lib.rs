@@ -6,7 +6,7 @@ pub mod controller;
 pub mod demo;
 pub mod disk;
 pub mod image_server;
-pub mod kernel;
+pub mod path_io;
 pub mod paths;
 pub mod ramdisk;
 pub mod scenario;

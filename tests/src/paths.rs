@@ -1,8 +1,9 @@
 //! Where the harness finds the workspace's binaries, caches and scratch space.
 //!
 //! The end-to-end tests run the real binaries (`ferric-controller`, `ferric-agent`, `ferric-init`) built by
-//! `cargo build --bins` into the same `target/<profile>` directory as the running test executable, so
-//! that `cargo test --release` tests the release binaries and never silently picks up stale ones elsewhere.
+//! `cargo build --workspace --bins` into the same `target/<profile>` directory as the running test
+//! executable, so that `cargo test --release` tests the release binaries and never silently picks up stale
+//! ones elsewhere.
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +13,7 @@ pub enum PathError {
     CurrentExe(#[source] std::io::Error),
     #[error("`{exe}` is not inside a cargo target/<profile> directory")]
     NotInTargetDir { exe: PathBuf },
-    #[error("binary `{name}` not found at {path}: run `cargo build --release --bins` (or without --release for debug tests) first")]
+    #[error("binary `{name}` not found at {path}: run `cargo build --release --workspace --bins` (or without --release for debug tests) first")]
     MissingBinary { name: String, path: PathBuf },
 }
 
@@ -70,6 +71,6 @@ mod tests {
     #[test]
     fn missing_binary_error_names_the_build_command() {
         let err = workspace_binary("no-such-ferric-binary").unwrap_err();
-        assert!(err.to_string().contains("cargo build --release --bins"), "{err}");
+        assert!(err.to_string().contains("cargo build --release --workspace --bins"), "{err}");
     }
 }

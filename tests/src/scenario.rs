@@ -3,18 +3,19 @@
 //! reboots into it.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 
 use crate::controller::{ApiClient, ClientError, Controller, ControllerError};
-use crate::disk::{self, DiskError};
+use crate::disk;
 use crate::image_server::ImageServer;
+use crate::path_io::PathIoError;
 use crate::paths::{self, PathError};
 use crate::ramdisk::{RamdiskError, RamdiskPaths};
 use crate::testos::{self, TestOsError, TestOsImage};
-use crate::vm::{NetworkBoot, Vm, VmError, VmSpec};
+use crate::vm::{NetworkBoot, Vm, VmError, VmSpec, SERIAL_TAIL_LINES};
 
 /// The name the image server serves the test OS under.
 pub const IMAGE_NAME: &str = "testos.img";
@@ -27,20 +28,13 @@ pub const ZERO_AFTER_IMAGE_BYTES: u64 = 1024 * 1024;
 /// The test OS prints its marker about 10 s after the firmware hands over; powering off takes less.
 const POWEROFF_TIMEOUT: Duration = Duration::from_secs(60);
 const STABLE_STATE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How many serial lines a deploy failure shows.
-const SERIAL_TAIL_LINES: usize = 40;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
     #[error(transparent)]
     Path(#[from] PathError),
-    #[error("{path}: {action}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error(transparent)]
     Ramdisk(#[from] RamdiskError),
     #[error("building the test OS failed")]
@@ -53,8 +47,6 @@ pub enum ScenarioError {
     Client(#[from] ClientError),
     #[error(transparent)]
     Vm(#[from] VmError),
-    #[error(transparent)]
-    Disk(#[from] DiskError),
     #[error("{source}\n--- last VM serial lines ---\n{serial_tail}\n--- last controller log lines ---\n{controller_log_tail}")]
     Deploy {
         #[source]
@@ -125,6 +117,14 @@ pub struct BootOutcome {
     pub node: Value,
 }
 
+impl BootOutcome {
+    /// The agent's write speed as it reported it in its `write_image` result, if the node still shows
+    /// that result (`driver_internal_info.agent_command.command_result.mib_per_second`).
+    pub fn agent_write_mib_per_second(&self) -> Option<f64> {
+        self.node["driver_internal_info"]["agent_command"]["command_result"]["mib_per_second"].as_f64()
+    }
+}
+
 impl DeployEnv {
     /// Prepares `name` (a fresh work directory under the scratch dir): builds the test OS with a unique
     /// token, starts the image server and controller, creates the blank disk, and takes a node with the
@@ -132,9 +132,9 @@ impl DeployEnv {
     pub fn prepare(name: &str, ramdisk: &RamdiskPaths, mac: &str, budget: &Budget) -> Result<DeployEnv, ScenarioError> {
         let work_dir = paths::scratch_dir()?.join("runs").join(name);
         if work_dir.exists() {
-            fs::remove_dir_all(&work_dir).map_err(io_err("remove old work directory", &work_dir))?;
+            fs::remove_dir_all(&work_dir).map_err(PathIoError::at("remove the old work directory", &work_dir))?;
         }
-        fs::create_dir_all(&work_dir).map_err(io_err("create directory", &work_dir))?;
+        fs::create_dir_all(&work_dir).map_err(PathIoError::at("create directory", &work_dir))?;
         tracing::info!(work_dir = %work_dir.display(), "preparing deploy scenario");
 
         let token = format!("{name}-{}", uuid::Uuid::new_v4().simple());
@@ -239,8 +239,8 @@ pub struct TimelineEntry {
 }
 
 /// The node's history entries (Ironic's `{"history": [{"created_at", "event", ...}]}`) placed on the
-/// timeline of a deploy requested at `requested_wall`, sorted by time. Entries without a parseable
-/// `created_at` are left out.
+/// timeline of a deploy requested at `requested_wall`, sorted by time, each as `from -> to: event` when
+/// it records a state change. Entries without a parseable `created_at` are left out.
 pub fn history_timeline(history: &Value, requested_wall: SystemTime) -> Vec<TimelineEntry> {
     let requested = chrono::DateTime::<chrono::Utc>::from(requested_wall);
     let mut entries: Vec<TimelineEntry> = history["history"]
@@ -251,8 +251,8 @@ pub fn history_timeline(history: &Value, requested_wall: SystemTime) -> Vec<Time
             let created = chrono::DateTime::parse_from_rfc3339(entry["created_at"].as_str()?).ok()?;
             let seconds = (created.with_timezone(&chrono::Utc) - requested).num_milliseconds() as f64 / 1000.0;
             let event = entry["event"].as_str().unwrap_or_default();
-            let what = match entry["event_type"].as_str().or(entry["severity"].as_str()) {
-                Some(kind) if !kind.is_empty() => format!("[{kind}] {event}"),
+            let what = match (entry["from_state"].as_str(), entry["to_state"].as_str()) {
+                (Some(from), Some(to)) => format!("{from} -> {to}: {event}"),
                 _ => event.to_string(),
             };
             Some(TimelineEntry { seconds, what })
@@ -260,11 +260,6 @@ pub fn history_timeline(history: &Value, requested_wall: SystemTime) -> Vec<Time
         .collect();
     entries.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
     entries
-}
-
-fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ScenarioError {
-    let path = path.to_path_buf();
-    move |source| ScenarioError::Io { action, path, source }
 }
 
 #[cfg(test)]
@@ -276,20 +271,38 @@ mod tests {
     fn history_is_placed_relative_to_the_deploy_request_and_sorted() {
         let requested: SystemTime = chrono::DateTime::parse_from_rfc3339("2026-01-01T10:00:00+00:00").unwrap().into();
         let history = json!({"history": [
-            {"created_at": "2026-01-01T10:01:30.500+00:00", "event": "deploying -> active", "event_type": "provisioning"},
-            {"created_at": "2026-01-01T09:59:58+00:00", "event": "available"},
+            {"created_at": "2026-01-01T10:01:30.500+00:00", "event": "Deployment finished",
+             "from_state": "wait call-back", "to_state": "active", "event_type": "provisioning"},
+            {"created_at": "2026-01-01T09:59:58+00:00", "event": "Node verified", "from_state": null, "to_state": null},
             {"created_at": "not a time", "event": "ignored"},
-            {"created_at": "2026-01-01T10:00:01Z", "event": "available -> deploying", "severity": "INFO"},
+            {"created_at": "2026-01-01T10:00:01Z", "event": "Deploy requested",
+             "from_state": "available", "to_state": "deploying", "severity": "INFO"},
         ]});
         let timeline = history_timeline(&history, requested);
         assert_eq!(
             timeline,
             vec![
-                TimelineEntry { seconds: -2.0, what: "available".into() },
-                TimelineEntry { seconds: 1.0, what: "[INFO] available -> deploying".into() },
-                TimelineEntry { seconds: 90.5, what: "[provisioning] deploying -> active".into() },
+                TimelineEntry { seconds: -2.0, what: "Node verified".into() },
+                TimelineEntry { seconds: 1.0, what: "available -> deploying: Deploy requested".into() },
+                TimelineEntry { seconds: 90.5, what: "wait call-back -> active: Deployment finished".into() },
             ]
         );
+    }
+
+    #[test]
+    fn agent_write_speed_comes_from_the_reported_command_result() {
+        let outcome = |node| BootOutcome {
+            to_active: Duration::ZERO,
+            to_marker: Duration::ZERO,
+            to_poweroff: Duration::ZERO,
+            node,
+        };
+        let reported = outcome(json!({"driver_internal_info": {"agent_command": {
+            "command_name": "write_image", "command_result": {"image_bytes": 50331648, "mib_per_second": 38.25}
+        }}}));
+        assert_eq!(reported.agent_write_mib_per_second(), Some(38.25));
+        let rebooting = outcome(json!({"driver_internal_info": {"agent_command": {"command_name": "reboot"}}}));
+        assert_eq!(rebooting.agent_write_mib_per_second(), None);
     }
 
     #[test]

@@ -11,9 +11,11 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ferric_image_builder::cpio::Archive;
+use ferric_image_builder::cpio::{Archive, CpioError};
 use ferric_runner::CommandError;
-use sha2::{Digest, Sha256, Sha512};
+use sha2::{Digest, Sha256};
+
+use crate::path_io::PathIoError;
 
 /// The marker line's prefix; the full line is `FERRIC-TESTOS-BOOTED <token>`.
 pub const MARKER_PREFIX: &str = "FERRIC-TESTOS-BOOTED";
@@ -35,13 +37,10 @@ const BUSYBOX: &str = "/bin/busybox";
 pub enum TestOsError {
     #[error("token `{0}` may only hold ASCII letters, digits, '.', '_' and '-'")]
     BadToken(String),
-    #[error("{path}: {action}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
+    #[error("assembling the test OS initrd failed")]
+    Archive(#[from] CpioError),
     #[error(transparent)]
     Command(#[from] CommandError),
 }
@@ -51,7 +50,6 @@ pub enum TestOsError {
 pub struct TestOsImage {
     pub path: PathBuf,
     pub sha256: String,
-    pub sha512: String,
     pub size_bytes: u64,
     /// The initrd inside the image (gzip-compressed cpio), also usable for booting the kernel directly.
     pub initrd: PathBuf,
@@ -104,8 +102,8 @@ pub fn build(out_dir: &Path, vmlinuz: &Path, token: &str) -> Result<TestOsImage,
 
     let image = out_dir.join("testos.img");
     remove_if_present(&image)?;
-    let file = fs::File::create(&image).map_err(io_err("create", &image))?;
-    file.set_len(IMAGE_BYTES).map_err(io_err("size", &image))?;
+    let file = fs::File::create(&image).map_err(PathIoError::at("create", &image))?;
+    file.set_len(IMAGE_BYTES).map_err(PathIoError::at("set the size of", &image))?;
     drop(file);
     let esp_last_sector = ESP_FIRST_SECTOR + ESP_BYTES / SECTOR - 1;
     ferric_runner::run(
@@ -118,8 +116,8 @@ pub fn build(out_dir: &Path, vmlinuz: &Path, token: &str) -> Result<TestOsImage,
     )?;
     copy_into(&esp, &image, ESP_FIRST_SECTOR * SECTOR)?;
 
-    let (sha256, sha512) = file_digests(&image)?;
-    Ok(TestOsImage { path: image, sha256, sha512, size_bytes: IMAGE_BYTES, initrd, token: token.to_string() })
+    let sha256 = file_sha256(&image)?;
+    Ok(TestOsImage { path: image, sha256, size_bytes: IMAGE_BYTES, initrd, token: token.to_string() })
 }
 
 /// A gzip cpio with busybox at /bin/busybox and an /init script that prints the marker and powers off.
@@ -135,21 +133,14 @@ fn write_initrd(out: &Path, token: &str) -> Result<(), TestOsError> {
          /bin/busybox poweroff -f\n"
     );
     let mut archive = Archive::new(0);
-    let archived = (|| {
-        for dir in ["dev", "proc", "sys"] {
-            archive.add_dir(dir, 0o755)?;
-        }
-        archive.add_char_device("dev/console", 0o600, 5, 1)?;
-        archive.add_file_from_path("bin/busybox", 0o755, Path::new(BUSYBOX))?;
-        archive.add_file("init", 0o755, init.into_bytes())
-    })();
-    archived.map_err(|e| TestOsError::Io {
-        action: "archive the initrd",
-        path: out.to_owned(),
-        source: io::Error::other(e),
-    })?;
-    let file = fs::File::create(out).map_err(io_err("create", out))?;
-    archive.write_gzip(file).map_err(io_err("write", out))?;
+    for dir in ["dev", "proc", "sys"] {
+        archive.add_dir(dir, 0o755)?;
+    }
+    archive.add_char_device("dev/console", 0o600, 5, 1)?;
+    archive.add_file_from_path("bin/busybox", 0o755, Path::new(BUSYBOX))?;
+    archive.add_file("init", 0o755, init.into_bytes())?;
+    let file = fs::File::create(out).map_err(PathIoError::at("create", out))?;
+    archive.write_gzip(file).map_err(PathIoError::at("write", out))?;
     Ok(())
 }
 
@@ -177,52 +168,47 @@ fn build_esp(esp: &Path, uki: &Path) -> Result<(), TestOsError> {
     Ok(())
 }
 
-/// Hex SHA-256 and SHA-512 of a file, read once.
-pub fn file_digests(path: &Path) -> Result<(String, String), TestOsError> {
-    let mut file = fs::File::open(path).map_err(io_err("open", path))?;
-    let (mut sha256, mut sha512) = (Sha256::new(), Sha512::new());
+/// Hex SHA-256 of a file.
+pub fn file_sha256(path: &Path) -> Result<String, PathIoError> {
+    let mut file = fs::File::open(path).map_err(PathIoError::at("open", path))?;
+    let mut sha256 = Sha256::new();
     let mut buf = vec![0u8; MIB as usize];
     loop {
-        let n = file.read(&mut buf).map_err(io_err("read", path))?;
+        let n = file.read(&mut buf).map_err(PathIoError::at("read", path))?;
         if n == 0 {
             break;
         }
         sha256.update(&buf[..n]);
-        sha512.update(&buf[..n]);
     }
-    Ok((hex::encode(sha256.finalize()), hex::encode(sha512.finalize())))
+    Ok(hex::encode(sha256.finalize()))
 }
 
 fn section(name: &str, file: &Path) -> String {
     format!("{name}={}", file.display())
 }
 
-fn copy_into(source: &Path, target: &Path, offset: u64) -> Result<(), TestOsError> {
-    let mut from = fs::File::open(source).map_err(io_err("open", source))?;
-    let mut to = fs::OpenOptions::new().write(true).open(target).map_err(io_err("open for writing", target))?;
-    to.seek(SeekFrom::Start(offset)).map_err(io_err("seek", target))?;
-    io::copy(&mut from, &mut to).map_err(io_err("copy the ESP into", target))?;
+fn copy_into(source: &Path, target: &Path, offset: u64) -> Result<(), PathIoError> {
+    let mut from = fs::File::open(source).map_err(PathIoError::at("open", source))?;
+    let mut to =
+        fs::OpenOptions::new().write(true).open(target).map_err(PathIoError::at("open for writing", target))?;
+    to.seek(SeekFrom::Start(offset)).map_err(PathIoError::at("seek", target))?;
+    io::copy(&mut from, &mut to).map_err(PathIoError::at("copy the ESP into", target))?;
     Ok(())
 }
 
-fn create_dir(path: &Path) -> Result<(), TestOsError> {
-    fs::create_dir_all(path).map_err(io_err("create directory", path))
+fn create_dir(path: &Path) -> Result<(), PathIoError> {
+    fs::create_dir_all(path).map_err(PathIoError::at("create directory", path))
 }
 
-fn write(path: &Path, contents: &[u8]) -> Result<(), TestOsError> {
-    fs::write(path, contents).map_err(io_err("write", path))
+fn write(path: &Path, contents: &[u8]) -> Result<(), PathIoError> {
+    fs::write(path, contents).map_err(PathIoError::at("write", path))
 }
 
-fn remove_if_present(path: &Path) -> Result<(), TestOsError> {
+fn remove_if_present(path: &Path) -> Result<(), PathIoError> {
     match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("remove", path)(e)),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(PathIoError::at("remove", path)(e)),
         _ => Ok(()),
     }
-}
-
-fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> TestOsError {
-    let path = path.to_path_buf();
-    move |source| TestOsError::Io { action, path, source }
 }
 
 #[cfg(test)]
@@ -237,12 +223,10 @@ mod tests {
     }
 
     #[test]
-    fn digests_match_known_values() {
+    fn digest_matches_the_known_value() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("abc");
         fs::write(&path, b"abc").unwrap();
-        let (sha256, sha512) = file_digests(&path).unwrap();
-        assert_eq!(sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
-        assert!(sha512.starts_with("ddaf35a193617aba"), "{sha512}");
+        assert_eq!(file_sha256(&path).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 }

@@ -10,6 +10,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use ferric_runner::{tail_lines, CommandError};
+
+use crate::path_io::PathIoError;
+
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 /// iPXE for virtio-net as a UEFI driver, so OVMF network-boots through iPXE (which speaks HTTP).
@@ -29,15 +33,10 @@ pub fn qemu_lock() -> MutexGuard<'static, ()> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    #[error("{path}: {action}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("could not start qemu-system-x86_64")]
-    Spawn(#[source] std::io::Error),
+    #[error(transparent)]
+    Io(#[from] PathIoError),
+    #[error(transparent)]
+    Spawn(#[from] CommandError),
     #[error("VM {name}: {pattern:?} not on the serial console after {timeout:?}; last serial lines:\n{tail}")]
     SerialTimeout { name: String, pattern: String, timeout: Duration, tail: String },
     #[error("VM {name}: QEMU exited ({status}) before {pattern:?} appeared on the serial console; QEMU said: {qemu_log}\nlast serial lines:\n{tail}")]
@@ -89,18 +88,17 @@ pub struct Vm {
 
 impl Vm {
     pub fn start(spec: VmSpec) -> Result<Vm, VmError> {
-        fs::create_dir_all(&spec.work_dir).map_err(io_err("create directory", &spec.work_dir))?;
+        fs::create_dir_all(&spec.work_dir).map_err(PathIoError::at("create directory", &spec.work_dir))?;
         let vars = spec.work_dir.join(format!("{}-OVMF_VARS.fd", spec.name));
-        fs::copy(OVMF_VARS, &vars).map_err(io_err("copy the OVMF variable store to", &vars))?;
+        fs::copy(OVMF_VARS, &vars).map_err(PathIoError::at("copy the OVMF variable store to", &vars))?;
         let serial_log = spec.work_dir.join(format!("{}-serial.log", spec.name));
         let qemu_log = spec.work_dir.join(format!("{}-qemu.log", spec.name));
-        let qemu_output = fs::File::create(&qemu_log).map_err(io_err("create", &qemu_log))?;
-        let qemu_stderr = qemu_output.try_clone().map_err(io_err("duplicate handle of", &qemu_log))?;
+        let qemu_output = fs::File::create(&qemu_log).map_err(PathIoError::at("create", &qemu_log))?;
+        let qemu_stderr = qemu_output.try_clone().map_err(PathIoError::at("duplicate the handle of", &qemu_log))?;
 
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(qemu_args(&spec, &vars, &serial_log)).stdin(Stdio::null()).stdout(qemu_output).stderr(qemu_stderr);
-        tracing::info!(vm = %spec.name, command = %ferric_runner::command_line(&cmd), "starting VM");
-        let child = cmd.spawn().map_err(VmError::Spawn)?;
+        let child = ferric_runner::spawn(format!("start VM {}", spec.name), &mut cmd)?;
         Ok(Vm {
             name: spec.name,
             child,
@@ -183,10 +181,6 @@ impl Vm {
     /// What QEMU itself printed (errors about its arguments, warnings).
     pub fn qemu_log(&self) -> String {
         fs::read_to_string(&self.qemu_log_path).unwrap_or_default().trim().to_string()
-    }
-
-    pub fn serial_log_path(&self) -> &Path {
-        &self.serial_log
     }
 
     /// Stops QEMU now (idempotent).
@@ -286,16 +280,6 @@ fn strip_terminal_escapes(text: &str) -> String {
         }
     }
     out
-}
-
-fn tail_lines(text: &str, count: usize) -> String {
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(count)..].join("\n")
-}
-
-fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> VmError {
-    let path = path.to_path_buf();
-    move |source| VmError::Io { action, path, source }
 }
 
 #[cfg(test)]

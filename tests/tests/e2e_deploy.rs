@@ -1,15 +1,15 @@
 //! The walking skeleton's acceptance test: a blank UEFI VM network-boots Ferric's ramdisk from the real
 //! controller, the agent writes a whole-disk image to the VM's disk and reboots, and the VM boots it.
 //!
-//! Needs the workspace binaries: `cargo build --release --bins` (scripts/test.sh does it), then
-//! `cargo test --release -p ferric-tests --test e2e_deploy -- --test-threads=1`.
+//! Needs the workspace binaries: `cargo build --release --workspace --bins` (scripts/test.sh does it),
+//! then `cargo test --release -p ferric-tests --test e2e_deploy -- --test-threads=1`.
 //! The run's files (controller log, serial log, disk) stay in target/<profile>/ferric-tests/runs/<case>.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use ferric_tests::disk;
-use ferric_tests::ramdisk::{ensure_ramdisk, RamdiskPaths};
+use ferric_tests::ramdisk::{build_ramdisk, RamdiskPaths};
 use ferric_tests::scenario::{Budget, DeployEnv};
 use ferric_tests::vm::qemu_lock;
 use ferric_tests::{init_logging, paths};
@@ -23,7 +23,7 @@ fn ramdisk() -> &'static RamdiskPaths {
     static RAMDISK: OnceLock<RamdiskPaths> = OnceLock::new();
     RAMDISK.get_or_init(|| {
         let out_dir = paths::scratch_dir().expect("scratch dir").join("ramdisk");
-        ensure_ramdisk(&out_dir).unwrap_or_else(|e| panic!("building the ramdisk failed: {:#}", anyhow::Error::new(e)))
+        build_ramdisk(&out_dir).unwrap_or_else(|e| panic!("building the ramdisk failed: {:#}", anyhow::Error::new(e)))
     })
 }
 
@@ -43,6 +43,9 @@ fn deploys_whole_disk_image_and_boots_it() {
     println!("TIMING deploy_request_to_active_seconds={:.1}", outcome.to_active.as_secs_f64());
     println!("TIMING deploy_request_to_marker_seconds={:.1}", outcome.to_marker.as_secs_f64());
     println!("TIMING deploy_request_to_poweroff_seconds={:.1}", outcome.to_poweroff.as_secs_f64());
+    if let Some(speed) = outcome.agent_write_mib_per_second() {
+        println!("TIMING agent_write_mib_per_second={speed:.1}");
+    }
 
     assert_eq!(outcome.node["provision_state"], "active");
     let fetched = env.image_server.served().iter().filter(|r| r.path == "/testos.img" && r.status == 200).count();

@@ -1,21 +1,27 @@
 //! Proves the VM's network-boot path on its own, the way the controller will use it: UEFI firmware loads
 //! iPXE from the NIC's option ROM, QEMU's DHCP hands it an HTTP script URL on the host, and the script
-//! boots a kernel and initrd over HTTP (the test OS's, which print a marker and power off).
+//! boots a kernel and initrd over HTTP (the ramdisk's kernel with the test OS's initrd, which prints a
+//! marker and powers off). Needs the workspace binaries for the ramdisk build:
+//! `cargo build --release --workspace --bins` (scripts/test.sh does it).
 
 use std::time::Duration;
 
 use ferric_tests::image_server::ImageServer;
+use ferric_tests::ramdisk::build_ramdisk;
 use ferric_tests::vm::{qemu_lock, NetworkBoot, Vm, VmSpec};
-use ferric_tests::{kernel, testos};
+use ferric_tests::{init_logging, paths, testos};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 const POWEROFF_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[test]
 fn uefi_vm_network_boots_an_ipxe_script_from_the_host() {
+    init_logging();
     let _qemu = qemu_lock();
     let work = tempfile::tempdir().unwrap();
-    let vmlinuz = kernel::debian_vmlinuz().unwrap();
+    let ramdisk = build_ramdisk(&paths::scratch_dir().unwrap().join("ramdisk"))
+        .unwrap_or_else(|e| panic!("building the ramdisk failed: {:#}", anyhow::Error::new(e)));
+    let vmlinuz = ramdisk.vmlinuz;
     let token = format!("netboot-{}", uuid::Uuid::new_v4().simple());
     let image = testos::build(&work.path().join("testos"), &vmlinuz, &token).unwrap();
     // Relative names resolve against the script's URL. Under UEFI the kernel line must name the initrd,

@@ -1,6 +1,8 @@
 //! Ferric demo: deploys a whole-disk image to a blank UEFI QEMU VM through the real controller, agent and
-//! ramdisk, and prints the timeline. Needs `cargo build --release --bins` first (scripts/demo.sh does it).
+//! ramdisk, and prints the timeline. Needs `cargo build --release --workspace --bins` first
+//! (scripts/demo.sh does it).
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -21,7 +23,11 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     let options = DemoOptions { mac: args.mac, budget: Duration::from_secs(args.timeout_minutes * 60) };
     match demo::run(&options).map_err(anyhow::Error::new) {
         Ok(report) => {
