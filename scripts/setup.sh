@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 packages=(
     qemu-system-x86 ovmf ipxe-qemu systemd-boot-efi binutils gdisk dosfstools mtools cpio busybox-static
-    kmod xz-utils dnsmasq-base iproute2 python3-venv
+    kmod xz-utils zstd dnsmasq-base iproute2 python3-venv
 )
 
 as_root() {

@@ -13,7 +13,6 @@ use flate2::{Compression, GzBuilder};
 
 const S_IFDIR: u32 = 0o040_000;
 const S_IFREG: u32 = 0o100_000;
-const S_IFLNK: u32 = 0o120_000;
 const S_IFCHR: u32 = 0o020_000;
 const PERMISSION_BITS: u32 = 0o7777;
 const IMPLICIT_DIR_MODE: u32 = 0o755;
@@ -39,7 +38,6 @@ pub enum CpioError {
 enum Body {
     Directory,
     File(Vec<u8>),
-    Symlink(String),
     CharDevice { major: u32, minor: u32 },
 }
 
@@ -54,7 +52,6 @@ impl Entry {
         let file_type = match self.body {
             Body::Directory => S_IFDIR,
             Body::File(_) => S_IFREG,
-            Body::Symlink(_) => S_IFLNK,
             Body::CharDevice { .. } => S_IFCHR,
         };
         file_type | self.permissions
@@ -63,7 +60,6 @@ impl Entry {
     fn data(&self) -> &[u8] {
         match &self.body {
             Body::File(bytes) => bytes,
-            Body::Symlink(target) => target.as_bytes(),
             Body::Directory | Body::CharDevice { .. } => &[],
         }
     }
@@ -108,28 +104,14 @@ impl Archive {
         self.add_file(path, mode, content)
     }
 
-    /// Adds a symbolic link pointing at `target` (stored verbatim).
-    pub fn add_symlink(&mut self, path: &str, target: &str) -> Result<(), CpioError> {
-        self.insert(path, Entry { permissions: 0o777, body: Body::Symlink(target.to_string()) })
-    }
-
     /// Adds a character device node.
     pub fn add_char_device(&mut self, path: &str, mode: u32, major: u32, minor: u32) -> Result<(), CpioError> {
         self.insert(path, Entry { permissions: mode & PERMISSION_BITS, body: Body::CharDevice { major, minor } })
     }
 
-    /// Whether `path` is in the archive (explicitly or as an implicit parent).
-    pub fn contains(&self, path: &str) -> bool {
-        normalize(path).is_ok_and(|path| self.entries.contains_key(&path))
-    }
-
     /// Number of entries, directories included, trailer excluded.
-    pub fn len(&self) -> usize {
+    pub fn entry_count(&self) -> usize {
         self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 
     /// Writes the uncompressed archive, returning the number of bytes written.
@@ -142,13 +124,6 @@ impl Archive {
         let trailer = Header { inode: 0, mode: 0, nlink: 1, mtime: 0, file_size: 0, rdev: (0, 0) };
         written += write_record(out, &trailer, TRAILER, &[])?;
         Ok(written)
-    }
-
-    /// The uncompressed archive as bytes.
-    pub fn to_bytes(&self) -> io::Result<Vec<u8>> {
-        let mut bytes = Vec::new();
-        self.write_to(&mut bytes)?;
-        Ok(bytes)
     }
 
     /// Writes the archive gzip-compressed, reproducibly (header mtime 0, no file name, best
@@ -276,6 +251,15 @@ mod tests {
     use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
     use std::process::Command;
 
+    impl Archive {
+        /// The uncompressed archive as bytes.
+        fn to_bytes(&self) -> Vec<u8> {
+            let mut bytes = Vec::new();
+            self.write_to(&mut bytes).unwrap();
+            bytes
+        }
+    }
+
     /// One way to add an entry, so tests can replay the same additions in any order.
     type Step = fn(&mut Archive, &Path) -> Result<(), CpioError>;
 
@@ -286,7 +270,6 @@ mod tests {
             |a, _| a.add_dir("etc", 0o700),
             |a, _| a.add_file("/etc/ferric/build.json", 0o644, b"{\"a\":1}".to_vec()),
             |a, source| a.add_file_from_path("usr/bin/tool", 0o755, source),
-            |a, _| a.add_symlink("bin", "usr/bin"),
             |a, _| a.add_char_device("dev/console", 0o600, 5, 1),
             |a, _| a.add_char_device("dev/null", 0o666, 1, 3),
             |a, _| a.add_dir("tmp", 0o1777),
@@ -315,12 +298,11 @@ mod tests {
     #[test]
     fn gnu_cpio_lists_sorted_entries_with_implicit_parents() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("a.cpio"), sample(false).to_bytes().unwrap()).unwrap();
+        fs::write(dir.path().join("a.cpio"), sample(false).to_bytes()).unwrap();
         let names: Vec<String> =
             cpio(&["-it", "--quiet", "-F", "a.cpio"], dir.path()).lines().map(str::to_string).collect();
         let expected = [
             "a-b",
-            "bin",
             "dev",
             "dev/console",
             "dev/null",
@@ -337,16 +319,15 @@ mod tests {
         let verbose = cpio(&["-itv", "--quiet", "-F", "a.cpio"], dir.path());
         let line_for = |name: &str| verbose.lines().find(|l| l.ends_with(name)).unwrap().to_string();
         assert!(line_for("dev/console").starts_with("crw-------"), "{verbose}");
-        assert!(line_for("bin -> usr/bin").starts_with("lrwxrwxrwx"), "{verbose}");
         assert!(line_for(" etc").starts_with("drwx------"), "{verbose}");
         assert!(line_for("tmp").starts_with("drwxrwxrwt"), "{verbose}");
         assert!(line_for("usr/bin/tool").contains(" root "), "{verbose}");
     }
 
     #[test]
-    fn gnu_cpio_extracts_modes_contents_links_and_devices() {
+    fn gnu_cpio_extracts_modes_contents_and_devices() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("a.cpio"), sample(false).to_bytes().unwrap()).unwrap();
+        fs::write(dir.path().join("a.cpio"), sample(false).to_bytes()).unwrap();
         let root = dir.path().join("root");
         fs::create_dir(&root).unwrap();
         cpio(&["-idv", "--quiet", "-F", "../a.cpio"], &root);
@@ -360,7 +341,6 @@ mod tests {
         assert_eq!(mode("a-b"), 0o600);
         assert_eq!(mode("etc"), 0o700);
         assert_eq!(mode("etc/ferric"), 0o755);
-        assert_eq!(fs::read_link(root.join("bin")).unwrap(), Path::new("usr/bin"));
 
         for (path, perm, numbers) in [("dev/console", 0o600, (5, 1)), ("dev/null", 0o666, (1, 3))] {
             let meta = fs::symlink_metadata(root.join(path)).unwrap();
@@ -374,7 +354,7 @@ mod tests {
 
     #[test]
     fn headers_carry_fixed_mtime_sequential_inodes_and_trailer() {
-        let bytes = sample(false).to_bytes().unwrap();
+        let bytes = sample(false).to_bytes();
         let field = |record: &[u8], index: usize| {
             u32::from_str_radix(std::str::from_utf8(&record[6 + index * 8..14 + index * 8]).unwrap(), 16).unwrap()
         };
@@ -391,13 +371,13 @@ mod tests {
     fn output_is_identical_whatever_the_insertion_order() {
         let forward = sample(false);
         let backward = sample(true);
-        assert_eq!(forward.to_bytes().unwrap(), backward.to_bytes().unwrap());
+        assert_eq!(forward.to_bytes(), backward.to_bytes());
         let mut gz_forward = Vec::new();
         let mut gz_backward = Vec::new();
         forward.write_gzip(&mut gz_forward).unwrap();
         backward.write_gzip(&mut gz_backward).unwrap();
         assert_eq!(gz_forward, gz_backward);
-        assert_ne!(forward.to_bytes().unwrap(), Archive::new(1).to_bytes().unwrap());
+        assert_ne!(forward.to_bytes(), Archive::new(1).to_bytes());
     }
 
     #[test]
@@ -410,7 +390,7 @@ mod tests {
         assert_eq!(&compressed[4..8], &[0, 0, 0, 0], "header mtime");
         let mut plain = Vec::new();
         std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&compressed[..]), &mut plain).unwrap();
-        assert_eq!(plain, archive.to_bytes().unwrap());
+        assert_eq!(plain, archive.to_bytes());
         assert_eq!(size, plain.len() as u64);
     }
 
@@ -420,12 +400,11 @@ mod tests {
         archive.add_file("usr/bin/x", 0o755, vec![]).unwrap();
         assert!(matches!(archive.add_file("/usr/bin/x", 0o755, vec![]), Err(CpioError::Duplicate { .. })));
         assert!(matches!(archive.add_dir("usr/bin/x", 0o755), Err(CpioError::Duplicate { .. })));
-        assert!(matches!(archive.add_symlink("usr/bin/x/y", "z"), Err(CpioError::ParentNotDirectory { .. })));
+        assert!(matches!(archive.add_file("usr/bin/x/y", 0o644, vec![]), Err(CpioError::ParentNotDirectory { .. })));
         for bad in ["", "/", "a/../b", "./a", "a//b"] {
             assert!(matches!(archive.add_dir(bad, 0o755), Err(CpioError::InvalidPath { .. })), "{bad}");
         }
         archive.add_dir("usr", 0o700).unwrap();
-        assert!(archive.contains("/usr/bin"));
-        assert_eq!(archive.len(), 3);
+        assert_eq!(archive.entry_count(), 3, "usr, usr/bin (implicit) and usr/bin/x");
     }
 }

@@ -2,28 +2,15 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 
-use crate::elf;
-use crate::error::BuildError;
+use crate::elf::{self, ElfError};
 
 /// The kernel loads firmware either plain or compressed (CONFIG_FW_LOADER_COMPRESS).
 const VARIANT_SUFFIXES: &[&str] = &["", ".xz", ".zst"];
 
-/// Firmware names a module declares. Plain `.ko` files are parsed here; compressed ones
-/// are handed to `modinfo`, which decompresses them.
-pub fn declared_by(module: &Path) -> Result<Vec<String>, BuildError> {
-    if module.extension().is_some_and(|ext| ext == "ko") {
-        let bytes = std::fs::read(module).map_err(BuildError::io("cannot read", module))?;
-        elf::modinfo_values(&bytes, "firmware")
-            .map_err(|source| BuildError::ModuleElf { path: module.to_path_buf(), source })
-    } else {
-        let listed = ferric_runner::run(
-            format!("list firmware of {}", module.display()),
-            Command::new("modinfo").args(["-F", "firmware"]).arg(module),
-        )?;
-        Ok(listed.stdout.lines().filter(|l| !l.is_empty()).map(str::to_string).collect())
-    }
+/// Firmware names a module (its uncompressed ELF bytes) declares.
+pub fn declared_by(module: &[u8]) -> Result<Vec<String>, ElfError> {
+    elf::modinfo_values(module, "firmware")
 }
 
 /// Which declared firmware exists under the firmware directory.
@@ -61,17 +48,11 @@ mod tests {
     use std::fs;
 
     #[test]
-    fn plain_and_compressed_modules_declare_firmware() {
-        let dir = tempfile::tempdir().unwrap();
-        let plain = dir.path().join("tg3.ko");
-        fs::write(&plain, elf::fake_module(&["firmware=tigon/tg3.bin", "license=GPL"])).unwrap();
-        assert_eq!(declared_by(&plain).unwrap(), ["tigon/tg3.bin"]);
-
-        let compressed = dir.path().join("tg3.ko.xz");
-        fs::copy(&plain, dir.path().join("copy.ko")).unwrap();
-        ferric_runner::run("compress", Command::new("xz").arg("-k").arg(dir.path().join("copy.ko"))).unwrap();
-        fs::rename(dir.path().join("copy.ko.xz"), &compressed).unwrap();
-        assert_eq!(declared_by(&compressed).unwrap(), ["tigon/tg3.bin"]);
+    fn modules_declare_firmware_in_modinfo() {
+        let module = elf::fake_module(&["firmware=tigon/tg3.bin", "license=GPL", "firmware=tigon/tg3_tso.bin"]);
+        assert_eq!(declared_by(&module).unwrap(), ["tigon/tg3.bin", "tigon/tg3_tso.bin"]);
+        assert!(declared_by(&elf::fake_module(&["license=GPL"])).unwrap().is_empty());
+        assert!(declared_by(b"not an ELF file").is_err());
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Gets a kernel (vmlinuz + module tree) from a Debian package, apt, the host or an unpacked tree,
-//! and runs depmod on it without touching the source tree.
+//! Gets a kernel (vmlinuz + module tree) from a Debian package, apt or the host, and runs depmod
+//! on it without touching the source tree.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -19,9 +19,6 @@ pub enum KernelSource {
     Package(String),
     /// The running kernel: `/boot/vmlinuz-$(uname -r)` and `/lib/modules/$(uname -r)`.
     Host,
-    /// A directory laid out like an unpacked kernel package: `boot/vmlinuz-<release>` and
-    /// `lib/modules/<release>/`.
-    Tree(PathBuf),
 }
 
 /// A kernel ready for module selection: depmod has run on a staging copy.
@@ -34,7 +31,7 @@ pub struct Kernel {
     /// File name of the .deb the kernel came from, if any.
     pub package_file: Option<String>,
     /// Keeps the unpacked package and the staging tree alive as long as the kernel is used.
-    _scratch: Vec<TempDir>,
+    scratch: Vec<TempDir>,
 }
 
 /// The files depmod generates; they are never taken from the source tree.
@@ -42,36 +39,46 @@ const GENERATED_INDEX_PREFIX: &str = "modules.";
 const SOURCE_INDICES: &[&str] = &["modules.builtin", "modules.builtin.modinfo", "modules.order"];
 
 pub fn prepare(source: &KernelSource, cache_dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<Kernel, BuildError> {
-    let mut scratch = Vec::new();
-    let (root, release, package_file) = match source {
-        KernelSource::Deb(deb) => {
-            let root = unpack(deb, progress, &mut scratch)?;
-            let release = find_release(&root)?;
-            (root, release, file_name(deb))
-        }
-        KernelSource::Package(name) => {
-            let deb = download(name, cache_dir, progress)?;
-            let root = unpack(&deb, progress, &mut scratch)?;
-            let release = find_release(&root)?;
-            (root, release, file_name(&deb))
-        }
+    match source {
+        KernelSource::Deb(deb) => from_package(deb, progress),
+        KernelSource::Package(name) => from_package(&download(name, cache_dir, progress)?, progress),
         KernelSource::Host => {
             let release = fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map_err(BuildError::io("cannot read", "/proc/sys/kernel/osrelease"))?;
             let release = release.trim().to_string();
             check_host_kernel(Path::new("/"), &release)?;
-            (PathBuf::from("/"), release, None)
+            stage(Path::new("/"), release, progress)
         }
-        KernelSource::Tree(root) => (root.clone(), find_release(root)?, None),
-    };
+    }
+}
+
+fn from_package(deb: &Path, progress: &mut dyn FnMut(&str)) -> Result<Kernel, BuildError> {
+    let mut unpacked = Vec::new();
+    let root = unpack(deb, progress, &mut unpacked)?;
+    let mut kernel = from_tree(&root, progress)?;
+    kernel.package_file = file_name(deb);
+    kernel.scratch.extend(unpacked);
+    Ok(kernel)
+}
+
+/// The kernel of a directory laid out like an unpacked kernel package: `boot/vmlinuz-<release>`
+/// and `lib/modules/<release>/` (the builder's tests make such trees).
+pub(crate) fn from_tree(root: &Path, progress: &mut dyn FnMut(&str)) -> Result<Kernel, BuildError> {
+    let release = find_release(root)?;
+    stage(root, release, progress)
+}
+
+/// The kernel `release` under `root`, with depmod run on a staging copy of its modules.
+fn stage(root: &Path, release: String, progress: &mut dyn FnMut(&str)) -> Result<Kernel, BuildError> {
     progress(&format!("kernel {release}: running depmod on a staging tree"));
+    let mut scratch = Vec::new();
     let modules_dir = stage_and_depmod(&root.join("lib/modules").join(&release), &release, &mut scratch)?;
     Ok(Kernel {
         vmlinuz: root.join("boot").join(format!("vmlinuz-{release}")),
         release,
         modules_dir,
-        package_file,
-        _scratch: scratch,
+        package_file: None,
+        scratch,
     })
 }
 

@@ -18,6 +18,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use ferric_init::modindex::ModuleIndex;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -27,8 +28,6 @@ pub use modules::REQUIRED_MODULES;
 
 /// Where `--init` lands in the initramfs (the kernel runs `/init` as PID 1).
 pub const INIT_PATH: &str = "init";
-/// Where `--agent` lands in the initramfs; ferric-init starts it from there.
-pub const AGENT_PATH: &str = "usr/bin/ferric-agent";
 /// The build description inside the initramfs.
 pub const BUILD_DESCRIPTION_PATH: &str = "etc/ferric/build.json";
 
@@ -61,12 +60,6 @@ pub struct CategorySizes {
     pub metadata: u64,
 }
 
-impl CategorySizes {
-    pub fn total(&self) -> u64 {
-        self.modules + self.firmware + self.binaries + self.libraries + self.metadata
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct BuildReport {
     pub kernel_release: String,
@@ -91,6 +84,49 @@ pub struct BuildReport {
     /// In-image paths of the shared libraries.
     pub libraries: Vec<String>,
     pub content_bytes: CategorySizes,
+}
+
+impl BuildReport {
+    /// What went in and how big it came out, as an aligned two-column table.
+    pub fn summary(&self) -> String {
+        let sizes = &self.content_bytes;
+        let kernel = match &self.kernel_package {
+            Some(package) => format!("{} ({package})", self.kernel_release),
+            None => self.kernel_release.clone(),
+        };
+        let rows = [
+            ("kernel", kernel),
+            (
+                "modules",
+                format!("{} included, {} required ones built in", self.modules.len(), self.builtin_modules.len()),
+            ),
+            ("firmware", format!("{} found, {} missing", self.firmware_found.len(), self.firmware_missing.len())),
+            ("binaries", self.binaries.join(", ")),
+            ("libraries", self.libraries.join(", ")),
+            ("content (uncompressed)", String::new()),
+            ("  modules", size(sizes.modules)),
+            ("  firmware", size(sizes.firmware)),
+            ("  binaries", size(sizes.binaries)),
+            ("  libraries", size(sizes.libraries)),
+            ("  metadata", size(sizes.metadata)),
+            ("  cpio archive", size(self.initramfs_uncompressed_bytes)),
+            ("output", String::new()),
+            ("  vmlinuz", size(self.vmlinuz_bytes)),
+            ("  initramfs", size(self.initramfs_bytes)),
+            ("  total", size(self.vmlinuz_bytes + self.initramfs_bytes)),
+        ];
+        let mut out = String::new();
+        for (label, value) in rows {
+            out.push_str(format!("{label:<16}{value}").trim_end());
+            out.push('\n');
+        }
+        out.push_str(&format!("manifest        {}\n", self.manifest.display()));
+        out
+    }
+}
+
+fn size(bytes: u64) -> String {
+    format!("{bytes:>10} bytes {:>7.2} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 #[derive(Debug, Serialize)]
@@ -181,47 +217,50 @@ impl Contents {
         self.archive.add_file(path, mode, content).map_err(BuildError::archive(path))
     }
 
-    /// The selected modules at their package paths, plus kmod's indices filtered to them.
-    fn add_modules(&mut self, kernel: &kernel::Kernel, extra: &[String]) -> Result<modules::Selection, BuildError> {
+    /// The selected modules, uncompressed, at their package paths (minus any compression
+    /// suffix), plus kmod's indices filtered to them (modules.builtin whole, so that init
+    /// knows what needs no file). Returns the selection and the firmware the modules declare.
+    fn add_modules(
+        &mut self,
+        kernel: &kernel::Kernel,
+        extra: &[String],
+    ) -> Result<(modules::Selection, BTreeSet<String>), BuildError> {
         let modules_dep = read_text(&kernel.modules_dir.join("modules.dep"))?;
         let builtin_path = kernel.modules_dir.join("modules.builtin");
         let modules_builtin = if builtin_path.exists() { read_text(&builtin_path)? } else { String::new() };
-        let index = modules::ModuleIndex::parse(&modules_dep, &modules_builtin);
-        let selection = index.select(REQUIRED_MODULES.iter().copied().chain(extra.iter().map(String::as_str)))?;
+        let index = ModuleIndex::parse(kernel.modules_dir.clone(), "", &modules_dep, &modules_builtin);
+        let requested = REQUIRED_MODULES.iter().copied().chain(extra.iter().map(String::as_str));
+        let selection = modules::select(&index, requested)?;
         tracing::debug!(modules = ?selection.modules.keys().collect::<Vec<_>>(), "selected kernel modules");
 
         let image_dir = format!("lib/modules/{}", kernel.release);
+        let mut firmware = BTreeSet::new();
         for relative in selection.modules.values() {
-            let content = read(&kernel.modules_dir.join(relative))?;
-            self.add(Category::Modules, &format!("{image_dir}/{relative}"), 0o644, content)?;
+            let path = kernel.modules_dir.join(relative);
+            let content = modules::read_plain(&path)?;
+            firmware.extend(
+                firmware::declared_by(&content)
+                    .map_err(|source| BuildError::ModuleElf { path: path.clone(), source })?,
+            );
+            self.add(Category::Modules, &format!("{image_dir}/{}", modules::plain_path(relative)), 0o644, content)?;
         }
         let modules_alias = read_text(&kernel.modules_dir.join("modules.alias"))?;
-        let mut indices = vec![
-            ("modules.dep", selection.filter_dep(&modules_dep).into_bytes()),
-            ("modules.alias", selection.filter_alias(&modules_alias).into_bytes()),
-            ("modules.builtin", modules_builtin.into_bytes()),
-        ];
-        let builtin_modinfo = kernel.modules_dir.join("modules.builtin.modinfo");
-        if builtin_modinfo.exists() {
-            indices.push(("modules.builtin.modinfo", read(&builtin_modinfo)?));
+        for (name, content) in [
+            ("modules.dep", selection.filter_dep(&modules_dep)),
+            ("modules.alias", selection.filter_alias(&modules_alias)),
+            ("modules.builtin", modules_builtin),
+        ] {
+            self.add(Category::Modules, &format!("{image_dir}/{name}"), 0o644, content.into_bytes())?;
         }
-        for (name, content) in indices {
-            self.add(Category::Modules, &format!("{image_dir}/{name}"), 0o644, content)?;
-        }
-        Ok(selection)
+        Ok((selection, firmware))
     }
 
-    /// The firmware the selected modules declare, where `firmware_dir` has it.
+    /// The `declared` firmware, where `firmware_dir` has it.
     fn add_firmware(
         &mut self,
-        kernel: &kernel::Kernel,
-        selection: &modules::Selection,
+        declared: &BTreeSet<String>,
         firmware_dir: &Path,
     ) -> Result<firmware::FirmwareLookup, BuildError> {
-        let mut declared = BTreeSet::new();
-        for relative in selection.modules.values() {
-            declared.extend(firmware::declared_by(&kernel.modules_dir.join(relative))?);
-        }
         let lookup = firmware::look_up(firmware_dir, declared.iter().map(String::as_str));
         if !lookup.missing.is_empty() {
             tracing::info!(dir = %firmware_dir.display(), missing = ?lookup.missing, "declared firmware not found");
@@ -238,7 +277,9 @@ impl Contents {
     fn add_binaries(&mut self, init: &Path, agent: &Path) -> Result<(Vec<FileRecord>, Vec<FileRecord>), BuildError> {
         let mut binaries = Vec::new();
         let mut library_paths = BTreeSet::new();
-        for (image_path, source) in [(INIT_PATH, init), (AGENT_PATH, agent)] {
+        // The image stores paths without the leading slash.
+        let agent_path = ferric_protocol::AGENT_PATH.trim_start_matches('/');
+        for (image_path, source) in [(INIT_PATH, init), (agent_path, agent)] {
             let content = read(source)?;
             binaries.push(file_record(&format!("/{image_path}"), &content));
             self.add(Category::Binaries, image_path, 0o755, content)?;
@@ -275,16 +316,25 @@ fn to_json(value: &impl Serialize) -> Result<Vec<u8>, BuildError> {
 /// short line per step.
 pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<BuildReport, BuildError> {
     let kernel = kernel::prepare(&opts.kernel, &opts.cache_dir, progress)?;
+    build_with_kernel(opts, &kernel, progress)
+}
+
+/// [`build`] with the kernel already prepared; `opts.kernel` and `opts.cache_dir` are not used.
+fn build_with_kernel(
+    opts: &BuildOptions,
+    kernel: &kernel::Kernel,
+    progress: &mut dyn FnMut(&str),
+) -> Result<BuildReport, BuildError> {
     let mut contents =
         Contents { archive: cpio::Archive::new(opts.source_date_epoch), sizes: CategorySizes::default() };
 
-    let selection = contents.add_modules(&kernel, &opts.extra_modules)?;
+    let (selection, declared_firmware) = contents.add_modules(kernel, &opts.extra_modules)?;
     progress(&format!(
         "modules: {} selected with dependencies, {} required ones built in",
         selection.modules.len(),
         selection.builtin.len()
     ));
-    let firmware = contents.add_firmware(&kernel, &selection, &opts.firmware_dir)?;
+    let firmware = contents.add_firmware(&declared_firmware, &opts.firmware_dir)?;
     progress(&format!(
         "firmware: {} declared, {} found in {}, {} missing",
         firmware.found.len() + firmware.missing.len(),
@@ -303,7 +353,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
         modules: selection
             .modules
             .iter()
-            .map(|(name, path)| ModuleRecord { name: name.clone(), path: path.clone() })
+            .map(|(name, path)| ModuleRecord { name: name.clone(), path: modules::plain_path(path).to_string() })
             .collect(),
         builtin_modules: selection.builtin.iter().cloned().collect(),
         firmware: FirmwareRecord {
@@ -316,7 +366,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
     };
     contents.add(Category::Metadata, BUILD_DESCRIPTION_PATH, 0o644, to_json(&description)?)?;
 
-    progress(&format!("compressing {} initramfs entries", contents.archive.len()));
+    progress(&format!("compressing {} initramfs entries", contents.archive.entry_count()));
     let vmlinuz = read(&kernel.vmlinuz)?;
     let mut initramfs = Vec::new();
     let initramfs_uncompressed_bytes = contents
@@ -355,8 +405,11 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
     })
 }
 
-/// Writes every file to a temporary name in `dir` first and renames only once all are
-/// written, so a failed build leaves no partial output.
+/// Writes every file to a temporary name in `dir` first, then renames them into place in
+/// order. The last file (manifest.json) is the commit marker: the old one is removed before
+/// the first rename and the new one appears only after every other file is in place, so a
+/// directory with a manifest.json holds the files it describes. Should a rename fail, the
+/// files already renamed are removed again: a failed build leaves no half-new output.
 fn write_all_or_nothing<const N: usize>(dir: &Path, files: &[(&str, &[u8]); N]) -> Result<[PathBuf; N], BuildError> {
     fs::create_dir_all(dir).map_err(BuildError::io("cannot create", dir))?;
     let mut staged = Vec::with_capacity(N);
@@ -369,13 +422,23 @@ fn write_all_or_nothing<const N: usize>(dir: &Path, files: &[(&str, &[u8]); N]) 
         temp.write_all(content).map_err(BuildError::io("cannot write", temp.path()))?;
         staged.push((temp, dir.join(name)));
     }
+    if let Some((marker, _)) = files.last() {
+        let marker = dir.join(marker);
+        match fs::remove_file(&marker) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                return Err(BuildError::io("cannot remove the old", marker)(err))
+            }
+            _ => {}
+        }
+    }
     let mut finals = Vec::with_capacity(N);
     for (temp, target) in staged {
-        temp.persist(&target).map_err(|err| BuildError::Io {
-            action: "cannot rename into",
-            path: target.clone(),
-            source: err.error,
-        })?;
+        if let Err(err) = temp.persist(&target) {
+            for renamed in &finals {
+                let _ = fs::remove_file(renamed);
+            }
+            return Err(BuildError::Io { action: "cannot rename into", path: target, source: err.error });
+        }
         finals.push(target);
     }
     Ok(finals.try_into().expect("one path per file"))

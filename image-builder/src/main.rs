@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use ferric_image_builder::{build, BuildOptions, BuildReport, KernelSource};
+use ferric_image_builder::{build, BuildOptions, KernelSource};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Builds the Ferric ramdisk: kernel + reproducible initramfs")]
@@ -24,13 +24,13 @@ enum Command {
 #[group(id = "kernel", multiple = false)]
 struct KernelArgs {
     /// A linux-image .deb to take the kernel and modules from.
-    #[arg(long, value_name = "FILE", group = "kernel")]
+    #[arg(long, value_name = "FILE")]
     kernel_deb: Option<PathBuf>,
     /// An apt package to download (metapackages are resolved) [default: linux-image-amd64].
-    #[arg(long, value_name = "NAME", group = "kernel")]
+    #[arg(long, value_name = "NAME")]
     kernel_package: Option<String>,
     /// Use the running kernel (/boot/vmlinuz-$(uname -r), /lib/modules/$(uname -r)).
-    #[arg(long, group = "kernel")]
+    #[arg(long)]
     host_kernel: bool,
 }
 
@@ -92,47 +92,6 @@ fn main() -> anyhow::Result<()> {
     let mut progress = |line: &str| eprintln!("[{:6.1}s] {line}", started.elapsed().as_secs_f64());
     let report =
         build(&opts, &mut progress).with_context(|| format!("building the ramdisk into {}", opts.out_dir.display()))?;
-    print!("{}", summary(&report));
+    print!("{}", report.summary());
     Ok(())
-}
-
-fn size(bytes: u64) -> String {
-    format!("{bytes:>10} bytes {:>7.2} MiB", bytes as f64 / (1024.0 * 1024.0))
-}
-
-/// What went in and how big it came out, as an aligned two-column table.
-fn summary(report: &BuildReport) -> String {
-    let sizes = &report.content_bytes;
-    let kernel = match &report.kernel_package {
-        Some(package) => format!("{} ({package})", report.kernel_release),
-        None => report.kernel_release.clone(),
-    };
-    let rows = [
-        ("kernel", kernel),
-        (
-            "modules",
-            format!("{} included, {} required ones built in", report.modules.len(), report.builtin_modules.len()),
-        ),
-        ("firmware", format!("{} found, {} missing", report.firmware_found.len(), report.firmware_missing.len())),
-        ("binaries", report.binaries.join(", ")),
-        ("libraries", report.libraries.join(", ")),
-        ("content (uncompressed)", String::new()),
-        ("  modules", size(sizes.modules)),
-        ("  firmware", size(sizes.firmware)),
-        ("  binaries", size(sizes.binaries)),
-        ("  libraries", size(sizes.libraries)),
-        ("  metadata", size(sizes.metadata)),
-        ("  cpio archive", size(report.initramfs_uncompressed_bytes)),
-        ("output", String::new()),
-        ("  vmlinuz", size(report.vmlinuz_bytes)),
-        ("  initramfs", size(report.initramfs_bytes)),
-        ("  total", size(report.vmlinuz_bytes + report.initramfs_bytes)),
-    ];
-    let mut out = String::new();
-    for (label, value) in rows {
-        out.push_str(format!("{label:<16}{value}").trim_end());
-        out.push('\n');
-    }
-    out.push_str(&format!("manifest        {}\n", report.manifest.display()));
-    out
 }

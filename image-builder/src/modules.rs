@@ -1,6 +1,13 @@
-//! Picks the kernel modules the ramdisk carries and writes kmod's text indices for just those.
+//! Picks the kernel modules the ramdisk carries, stores them uncompressed (init loads plain
+//! `.ko` files only) and writes kmod's text indices for just those. The indices are read with
+//! init's own parser, so that the builder and init agree on module names and dependencies.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::process::Command;
+
+use ferric_init::modindex::{module_name_of_path, normalize_module_name, ModuleIndex};
 
 use crate::error::BuildError;
 
@@ -36,150 +43,149 @@ pub const REQUIRED_MODULES: &[&str] = &[
     "efivarfs",
 ];
 
-/// kmod treats `-` and `_` in module names as the same character; `_` is canonical.
-pub fn normalize_name(name: &str) -> String {
-    name.replace('-', "_")
-}
+/// Compression suffixes kmod accepts after `.ko`, with the tool that decompresses each.
+const COMPRESSIONS: &[(&str, &str)] = &[(".xz", "xz"), (".zst", "zstd"), (".gz", "gzip")];
 
-/// The module name of a path like `kernel/fs/nls/nls_iso8859-1.ko[.xz|.zst|.gz]`.
-pub fn name_from_path(path: &str) -> String {
-    let file = path.rsplit('/').next().unwrap_or(path);
-    let stem = ["", ".xz", ".zst", ".gz"]
+/// Where a module is stored in the ramdisk: its path without a compression suffix, as init
+/// loads plain `.ko` files only (`kernel/a/b.ko.xz` -> `kernel/a/b.ko`).
+pub fn plain_path(path: &str) -> &str {
+    COMPRESSIONS
         .iter()
-        .find_map(|compression| file.strip_suffix(&format!(".ko{compression}")))
-        .unwrap_or(file);
-    normalize_name(stem)
+        .find_map(|(suffix, _)| path.strip_suffix(suffix).filter(|stem| stem.ends_with(".ko")))
+        .unwrap_or(path)
 }
 
-/// What modules.dep and modules.builtin say about a kernel.
-#[derive(Debug, Default)]
-pub struct ModuleIndex {
-    /// Module name -> (path relative to lib/modules/<release>, dependency paths).
-    modules: BTreeMap<String, (String, Vec<String>)>,
-    builtin: BTreeSet<String>,
+/// A module file's ELF bytes: decompressed (by xz, zstd or gzip) if its name says it is
+/// compressed, as it is read otherwise.
+pub fn read_plain(path: &Path) -> Result<Vec<u8>, BuildError> {
+    let name = path.to_string_lossy();
+    let tool = COMPRESSIONS.iter().find(|(suffix, _)| name.ends_with(&format!(".ko{suffix}"))).map(|(_, tool)| tool);
+    let Some(tool) = tool else {
+        return std::fs::read(path).map_err(BuildError::io("cannot read", path));
+    };
+    let mut plain =
+        tempfile::tempfile().map_err(BuildError::io("cannot create a temporary file in", std::env::temp_dir()))?;
+    let stdout =
+        plain.try_clone().map_err(BuildError::io("cannot create a temporary file in", std::env::temp_dir()))?;
+    ferric_runner::run(
+        format!("decompress kernel module {}", path.display()),
+        Command::new(tool).arg("-dc").arg(path).stdout(stdout),
+    )?;
+    let mut bytes = Vec::new();
+    plain
+        .seek(SeekFrom::Start(0))
+        .and_then(|_| plain.read_to_end(&mut bytes))
+        .map_err(BuildError::io("cannot read the decompressed", path))?;
+    Ok(bytes)
 }
 
 /// The modules chosen for the ramdisk.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Selection {
-    /// Module name -> path relative to lib/modules/<release>, dependencies included.
+    /// Module name -> path relative to lib/modules/<release> in the kernel (possibly
+    /// compressed), dependencies included.
     pub modules: BTreeMap<String, String>,
     /// Requested modules that are compiled into the kernel, so need no file.
     pub builtin: BTreeSet<String>,
 }
 
-impl ModuleIndex {
-    pub fn parse(modules_dep: &str, modules_builtin: &str) -> Self {
-        let modules = modules_dep
-            .lines()
-            .filter_map(|line| line.split_once(':'))
-            .map(|(path, deps)| {
-                let deps = deps.split_whitespace().map(str::to_string).collect();
-                (name_from_path(path), (path.trim().to_string(), deps))
-            })
-            .collect();
-        let builtin = modules_builtin.lines().filter(|l| !l.trim().is_empty()).map(name_from_path).collect();
-        Self { modules, builtin }
-    }
-
-    /// The requested modules closed over their dependencies; built-in ones are noted, not
-    /// selected; any other unknown name is an error.
-    pub fn select<'a>(&self, requested: impl IntoIterator<Item = &'a str>) -> Result<Selection, BuildError> {
-        let mut selection = Selection::default();
-        let mut pending: Vec<String> = Vec::new();
-        for name in requested.into_iter().map(normalize_name) {
-            if self.modules.contains_key(&name) {
-                pending.push(name);
-            } else if self.builtin.contains(&name) {
-                selection.builtin.insert(name);
-            } else {
-                return Err(BuildError::MissingModule { module: name });
+/// The requested modules closed over their dependencies (modules.dep); built-in ones
+/// (modules.builtin) are noted, not selected; any other unknown name is an error.
+pub fn select<'a>(index: &ModuleIndex, requested: impl IntoIterator<Item = &'a str>) -> Result<Selection, BuildError> {
+    let mut selection = Selection::default();
+    for name in requested.into_iter().map(normalize_module_name) {
+        if index.module(&name).is_some() {
+            for module in index.load_order(&name) {
+                selection.modules.insert(module.name.clone(), module.path.to_string_lossy().into_owned());
             }
+        } else if index.is_builtin(&name) {
+            selection.builtin.insert(name);
+        } else {
+            return Err(BuildError::MissingModule { module: name });
         }
-        while let Some(name) = pending.pop() {
-            if selection.modules.contains_key(&name) {
-                continue;
-            }
-            let (path, deps) =
-                self.modules.get(&name).ok_or_else(|| BuildError::MissingModule { module: name.clone() })?;
-            pending.extend(deps.iter().map(|dep| name_from_path(dep)));
-            selection.modules.insert(name, path.clone());
-        }
-        Ok(selection)
     }
+    Ok(selection)
 }
 
 impl Selection {
-    /// modules.dep restricted to the selected modules, in the original order.
+    /// modules.dep restricted to the selected modules, in the original order, with every
+    /// path made plain as the modules are stored.
     pub fn filter_dep(&self, modules_dep: &str) -> String {
-        keep_lines(modules_dep, |line| {
-            line.split_once(':').is_some_and(|(path, _)| self.modules.contains_key(&name_from_path(path)))
-        })
+        let mut filtered = String::new();
+        for (path, deps) in modules_dep.lines().filter_map(|line| line.split_once(':')) {
+            let path = path.trim();
+            if self.modules.contains_key(&module_name_of_path(path)) {
+                filtered.push_str(plain_path(path));
+                filtered.push(':');
+                for dep in deps.split_whitespace() {
+                    filtered.push(' ');
+                    filtered.push_str(plain_path(dep));
+                }
+                filtered.push('\n');
+            }
+        }
+        filtered
     }
 
     /// modules.alias restricted to aliases of the selected modules (comments kept).
     pub fn filter_alias(&self, modules_alias: &str) -> String {
-        keep_lines(modules_alias, |line| {
+        let keep = |line: &str| {
             line.starts_with('#')
                 || line
                     .split_whitespace()
                     .nth(2)
-                    .is_some_and(|module| self.modules.contains_key(&normalize_name(module)))
-        })
+                    .is_some_and(|module| self.modules.contains_key(&normalize_module_name(module)))
+        };
+        modules_alias.lines().filter(|line| keep(line)).flat_map(|line| [line, "\n"]).collect()
     }
-}
-
-fn keep_lines(text: &str, keep: impl Fn(&str) -> bool) -> String {
-    text.lines().filter(|line| keep(line)).flat_map(|line| [line, "\n"]).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::path::PathBuf;
 
     const DEP: &str = "\
 kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko
 kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko
 kernel/net/core/failover.ko:
 kernel/fs/nls/nls_iso8859-1.ko:
-kernel/drivers/char/hw_random/virtio-rng.ko.xz:
+kernel/drivers/char/hw_random/virtio-rng.ko.xz: kernel/drivers/char/hw_random/rng-core.ko.zst
+kernel/drivers/char/hw_random/rng-core.ko.zst:
 kernel/drivers/net/dummy.ko:
 ";
     const BUILTIN: &str = "kernel/drivers/virtio/virtio.ko\nkernel/drivers/virtio/virtio_pci.ko\n";
 
-    #[test]
-    fn names_normalise_dashes_and_drop_extensions() {
-        assert_eq!(name_from_path("kernel/fs/nls/nls_iso8859-1.ko"), "nls_iso8859_1");
-        assert_eq!(name_from_path("kernel/drivers/char/hw_random/virtio-rng.ko.zst"), "virtio_rng");
-        assert_eq!(normalize_name("mlx5-core"), "mlx5_core");
+    fn index() -> ModuleIndex {
+        ModuleIndex::parse(PathBuf::from("/m"), "", DEP, BUILTIN)
     }
 
     #[test]
     fn selection_closes_over_dependencies_and_notes_builtins() {
-        let index = ModuleIndex::parse(DEP, BUILTIN);
-        let selection = index.select(["virtio_net", "virtio-pci", "nls_iso8859_1", "virtio_rng"]).unwrap();
+        let selection = select(&index(), ["virtio_net", "virtio-pci", "nls_iso8859_1", "virtio_rng"]).unwrap();
         let names: Vec<&str> = selection.modules.keys().map(String::as_str).collect();
-        assert_eq!(names, ["failover", "net_failover", "nls_iso8859_1", "virtio_net", "virtio_rng"]);
+        assert_eq!(names, ["failover", "net_failover", "nls_iso8859_1", "rng_core", "virtio_net", "virtio_rng"]);
         assert_eq!(selection.modules["virtio_rng"], "kernel/drivers/char/hw_random/virtio-rng.ko.xz");
         assert_eq!(selection.builtin.iter().collect::<Vec<_>>(), ["virtio_pci"]);
     }
 
     #[test]
     fn unknown_module_is_an_error_naming_it() {
-        let index = ModuleIndex::parse(DEP, BUILTIN);
-        let err = index.select(["virtio_net", "no-such-driver"]).unwrap_err();
+        let err = select(&index(), ["virtio_net", "no-such-driver"]).unwrap_err();
         assert!(matches!(&err, BuildError::MissingModule { module } if module == "no_such_driver"), "{err}");
         assert!(err.to_string().contains("no_such_driver"));
     }
 
     #[test]
-    fn indices_are_filtered_to_the_selection() {
-        let index = ModuleIndex::parse(DEP, BUILTIN);
-        let selection = index.select(["net_failover", "nls_iso8859_1"]).unwrap();
+    fn indices_are_filtered_to_the_selection_with_plain_paths() {
+        let selection = select(&index(), ["net_failover", "nls_iso8859_1", "virtio_rng"]).unwrap();
         assert_eq!(
             selection.filter_dep(DEP),
             "kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko\n\
-             kernel/net/core/failover.ko:\nkernel/fs/nls/nls_iso8859-1.ko:\n"
+             kernel/net/core/failover.ko:\nkernel/fs/nls/nls_iso8859-1.ko:\n\
+             kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/char/hw_random/rng-core.ko\n\
+             kernel/drivers/char/hw_random/rng-core.ko:\n"
         );
         let alias = "# Aliases extracted from modules themselves.\n\
                      alias virtio:d00000001v* virtio_net\nalias nls_iso8859-1 nls_iso8859_1\nalias x failover\n";
@@ -187,5 +193,34 @@ kernel/drivers/net/dummy.ko:
             selection.filter_alias(alias),
             "# Aliases extracted from modules themselves.\nalias nls_iso8859-1 nls_iso8859_1\nalias x failover\n"
         );
+    }
+
+    #[test]
+    fn plain_path_drops_only_a_compression_suffix_after_ko() {
+        assert_eq!(plain_path("kernel/a/b.ko.xz"), "kernel/a/b.ko");
+        assert_eq!(plain_path("kernel/a/b.ko.zst"), "kernel/a/b.ko");
+        assert_eq!(plain_path("kernel/a/b.ko.gz"), "kernel/a/b.ko");
+        assert_eq!(plain_path("kernel/a/b.ko"), "kernel/a/b.ko");
+        assert_eq!(plain_path("kernel/a/notes.xz"), "kernel/a/notes.xz");
+    }
+
+    #[test]
+    fn compressed_modules_are_read_decompressed() {
+        let dir = tempfile::tempdir().unwrap();
+        let elf = crate::elf::fake_module(&["license=GPL", "firmware=a.bin"]);
+        for (tool, suffix) in [("xz", "xz"), ("zstd", "zst"), ("gzip", "gz")] {
+            let plain = dir.path().join(format!("m-{suffix}.ko"));
+            fs::write(&plain, &elf).unwrap();
+            ferric_runner::run("compress module", Command::new(tool).args(["-k", "-q"]).arg(&plain)).unwrap();
+            let compressed = dir.path().join(format!("m-{suffix}.ko.{suffix}"));
+            assert_ne!(fs::read(&compressed).unwrap(), elf, "{tool} compressed it");
+            assert_eq!(read_plain(&compressed).unwrap(), elf, "{tool}");
+        }
+        let plain = dir.path().join("plain.ko");
+        fs::write(&plain, &elf).unwrap();
+        assert_eq!(read_plain(&plain).unwrap(), elf);
+        let broken = dir.path().join("broken.ko.xz");
+        fs::write(&broken, b"not xz").unwrap();
+        assert!(matches!(read_plain(&broken), Err(BuildError::Command(_))));
     }
 }

@@ -1,16 +1,21 @@
-//! `build` end to end on a fake kernel tree (fake ELF modules, real depmod, ldd and cpio).
+//! `build` end to end on a fake kernel tree (fake ELF modules, one of them xz-compressed; real
+//! depmod, ldd and cpio).
 
 use std::fs;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use ferric_init::modindex::ModuleIndex;
+
 use super::*;
 
 const RELEASE: &str = "6.1.0-fake";
+/// The module the fake tree has xz-compressed (it also declares firmware).
+const COMPRESSED_MODULE: &str = "tg3";
 
 /// A tree shaped like an unpacked linux-image package: every required module but efivarfs,
-/// which is built in, plus one module nobody asks for.
+/// which is built in, plus one module nobody asks for. [`COMPRESSED_MODULE`] is `.ko.xz`.
 fn fake_kernel_tree(root: &Path) {
     let modules = root.join("lib/modules").join(RELEASE);
     fs::create_dir_all(root.join("boot")).unwrap();
@@ -25,8 +30,12 @@ fn fake_kernel_tree(root: &Path) {
             "unused" => &["license=GPL", "alias=pci:v0000DEADd*"],
             _ => &["license=GPL"],
         };
-        let relative = format!("kernel/drivers/fake/{file_name}.ko");
+        let mut relative = format!("kernel/drivers/fake/{file_name}.ko");
         fs::write(modules.join(&relative), elf::fake_module(modinfo)).unwrap();
+        if name == COMPRESSED_MODULE {
+            ferric_runner::run("compress module", Command::new("xz").arg(modules.join(&relative))).unwrap();
+            relative.push_str(".xz");
+        }
         order.push_str(&relative);
         order.push('\n');
     }
@@ -52,10 +61,21 @@ fn fixture() -> Fixture {
     Fixture { tree, firmware, base: dir.path().to_path_buf(), _dir: dir }
 }
 
+/// Builds with the fixture's tree as the kernel.
+fn build_from_tree(
+    fixture: &Fixture,
+    opts: &BuildOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<BuildReport, BuildError> {
+    let kernel = kernel::from_tree(&fixture.tree, progress)?;
+    build_with_kernel(opts, &kernel, progress)
+}
+
 fn options(fixture: &Fixture, out: &str) -> BuildOptions {
     BuildOptions {
         out_dir: fixture.base.join(out),
-        kernel: KernelSource::Tree(fixture.tree.clone()),
+        // Not used: build_from_tree takes the kernel from the fixture's tree.
+        kernel: KernelSource::Host,
         agent: PathBuf::from("/bin/true"),
         init: PathBuf::from("/bin/busybox"),
         cache_dir: fixture.base.join("cache"),
@@ -80,8 +100,8 @@ fn extract(initramfs: &Path, into: &Path) {
 fn fake_tree_builds_reproducibly_with_the_expected_content() {
     let fixture = fixture();
     let mut lines = Vec::new();
-    let first = build(&options(&fixture, "one"), &mut |line| lines.push(line.to_string())).unwrap();
-    let second = build(&options(&fixture, "two"), &mut |_| {}).unwrap();
+    let first = build_from_tree(&fixture, &options(&fixture, "one"), &mut |line| lines.push(line.to_string())).unwrap();
+    let second = build_from_tree(&fixture, &options(&fixture, "two"), &mut |_| {}).unwrap();
     assert!(lines.iter().any(|l| l.contains("depmod")), "{lines:?}");
     for name in ["vmlinuz", "initramfs", "manifest.json"] {
         let one = fs::read(fixture.base.join("one").join(name)).unwrap();
@@ -108,6 +128,8 @@ fn fake_tree_builds_reproducibly_with_the_expected_content() {
         assert_eq!(stored, fs::read(library).unwrap(), "{library}");
     }
     let modules = root.join("lib/modules").join(RELEASE);
+    let description: serde_json::Value =
+        serde_json::from_slice(&fs::read(root.join(BUILD_DESCRIPTION_PATH)).unwrap()).unwrap();
     assert!(modules.join("kernel/drivers/fake/nls_iso8859-1.ko").is_file());
     assert!(!modules.join("kernel/drivers/fake/unused.ko").exists());
     let dep = fs::read_to_string(modules.join("modules.dep")).unwrap();
@@ -117,15 +139,27 @@ fn fake_tree_builds_reproducibly_with_the_expected_content() {
     assert!(alias.contains("alias virtio:d00000001v* virtio_net"), "{alias}");
     assert!(!alias.contains("unused"), "{alias}");
     assert_eq!(fs::read_to_string(modules.join("modules.builtin")).unwrap(), "kernel/fs/efivarfs/efivarfs.ko\n");
-    assert!(modules.join("modules.builtin.modinfo").is_file());
+    assert!(!modules.join("modules.builtin.modinfo").exists(), "init does not read it");
+
+    // The xz-compressed module is stored plain, and modules.dep names the plain file.
+    let compressed = format!("kernel/drivers/fake/{COMPRESSED_MODULE}.ko");
+    let source = fixture.tree.join("lib/modules").join(RELEASE).join(format!("{compressed}.xz"));
+    assert!(source.is_file(), "the fixture's module is compressed");
+    let plain = fs::read(modules.join(&compressed)).unwrap();
+    assert_eq!(elf::modinfo_values(&plain, "firmware").unwrap(), ["tigon/tg3.bin", "tigon/missing.bin"]);
+    assert!(!modules.join(format!("{compressed}.xz")).exists());
+    assert!(dep.lines().any(|l| l == format!("{compressed}:")), "{dep}");
+    assert!(!dep.contains(".xz"), "{dep}");
+    let record = description["modules"].as_array().unwrap().iter().find(|m| m["name"] == COMPRESSED_MODULE);
+    assert_eq!(record.unwrap()["path"], compressed.as_str());
+
+    assert_every_required_module_resolves(&root);
     assert_eq!(fs::read(root.join("lib/firmware/tigon/tg3.bin")).unwrap(), b"tg3 firmware");
     assert!(fs::metadata(root.join("dev/console")).unwrap().file_type().is_char_device());
     for dir in ["proc", "sys", "run", "tmp", "var"] {
         assert!(root.join(dir).is_dir(), "{dir}");
     }
 
-    let description: serde_json::Value =
-        serde_json::from_slice(&fs::read(root.join(BUILD_DESCRIPTION_PATH)).unwrap()).unwrap();
     assert_eq!(description["kernel_release"], RELEASE);
     assert_eq!(description["firmware"]["missing"][0], "tigon/missing.bin");
     let init_hash = sha256_hex(&fs::read("/bin/busybox").unwrap());
@@ -134,14 +168,54 @@ fn fake_tree_builds_reproducibly_with_the_expected_content() {
     assert_eq!(manifest["initramfs"]["sha256"], sha256_hex(&fs::read(&first.initramfs).unwrap()).as_str());
     assert_eq!(manifest["vmlinuz"]["bytes"], first.vmlinuz_bytes);
     assert_eq!(manifest["modules"], description["modules"]);
+    let summary = first.summary();
+    assert!(summary.starts_with(&format!("kernel          {RELEASE}\n")), "{summary}");
+    assert!(summary.contains(&format!("modules         {} included, 1 required ones built in\n", first.modules.len())));
+    assert!(summary.ends_with(&format!("manifest        {}\n", first.manifest.display())), "{summary}");
+}
+
+/// What init will do with the built tree: its module index must find a file (with
+/// dependencies) for every required module, or know that the kernel has it built in.
+fn assert_every_required_module_resolves(root: &Path) {
+    let index = ModuleIndex::load(root, RELEASE).unwrap();
+    for name in REQUIRED_MODULES {
+        if index.is_builtin(name) {
+            continue;
+        }
+        let order = index.load_order(name);
+        assert!(!order.is_empty(), "init finds no module file for {name}");
+        for module in order {
+            assert!(index.path_of(module).is_file(), "{} (for {name}) is not in the image", module.path.display());
+        }
+    }
+    assert!(index.is_builtin("efivarfs"));
+}
+
+#[test]
+fn failed_rename_removes_the_new_files_and_leaves_no_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("manifest.json"), b"old").unwrap();
+    // A non-empty directory where the second file goes makes its rename fail.
+    fs::create_dir_all(dir.path().join("initramfs/busy")).unwrap();
+    let files: [(&str, &[u8]); 3] = [("vmlinuz", b"new"), ("initramfs", b"new"), ("manifest.json", b"new")];
+    let err = write_all_or_nothing(dir.path(), &files).unwrap_err();
+    assert!(matches!(&err, BuildError::Io { path, .. } if path.ends_with("initramfs")), "{err}");
+    let mut left: Vec<String> =
+        fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    left.sort();
+    assert_eq!(left, ["initramfs"], "vmlinuz removed again, no manifest, no temporary files");
+
+    fs::remove_dir_all(dir.path().join("initramfs")).unwrap();
+    let written = write_all_or_nothing(dir.path(), &files).unwrap();
+    assert_eq!(written.map(|path| fs::read(path).unwrap()), [b"new".to_vec(), b"new".to_vec(), b"new".to_vec()]);
 }
 
 #[test]
 fn source_date_epoch_changes_the_initramfs() {
     let fixture = fixture();
-    let zero = build(&options(&fixture, "zero"), &mut |_| {}).unwrap();
-    let later =
-        build(&BuildOptions { source_date_epoch: 1_700_000_000, ..options(&fixture, "later") }, &mut |_| {}).unwrap();
+    let zero = build_from_tree(&fixture, &options(&fixture, "zero"), &mut |_| {}).unwrap();
+    let later_options = BuildOptions { source_date_epoch: 1_700_000_000, ..options(&fixture, "later") };
+    let later = build_from_tree(&fixture, &later_options, &mut |_| {}).unwrap();
     assert_ne!(fs::read(zero.initramfs).unwrap(), fs::read(later.initramfs).unwrap());
     assert_eq!(fs::read(zero.vmlinuz).unwrap(), fs::read(later.vmlinuz).unwrap());
 }
@@ -150,7 +224,7 @@ fn source_date_epoch_changes_the_initramfs() {
 fn missing_module_fails_without_leaving_output() {
     let fixture = fixture();
     let opts = BuildOptions { extra_modules: vec!["no-such-driver".to_string()], ..options(&fixture, "out") };
-    let err = build(&opts, &mut |_| {}).unwrap_err();
+    let err = build_from_tree(&fixture, &opts, &mut |_| {}).unwrap_err();
     assert!(matches!(&err, BuildError::MissingModule { module } if module == "no_such_driver"), "{err}");
     assert!(!opts.out_dir.exists() || fs::read_dir(&opts.out_dir).unwrap().next().is_none());
 }
@@ -159,7 +233,7 @@ fn missing_module_fails_without_leaving_output() {
 fn extra_modules_are_added_with_their_indices() {
     let fixture = fixture();
     let opts = BuildOptions { extra_modules: vec!["unused".to_string()], ..options(&fixture, "out") };
-    let report = build(&opts, &mut |_| {}).unwrap();
+    let report = build_from_tree(&fixture, &opts, &mut |_| {}).unwrap();
     assert!(report.modules.contains(&"unused".to_string()));
     let root = fixture.base.join("unpacked");
     extract(&report.initramfs, &root);

@@ -1,8 +1,10 @@
 //! A minimal DHCPv4 client (RFC 2131): DISCOVER, OFFER, REQUEST, ACK, on a UDP socket
 //! bound to one interface. Replies are requested as broadcasts (BOOTP broadcast flag), as
-//! the interface has no address to receive unicast on yet.
+//! the interface has no address to receive unicast on yet. A lease is later extended with
+//! a REQUEST from the address held ([`extend_lease`]), at the times [`lease_phase`] gives.
 //!
-//! Packet encoding and decoding are pure functions; [`obtain_lease`] does the I/O.
+//! Packet encoding and decoding and the lease timing are pure functions; [`obtain_lease`]
+//! and [`extend_lease`] do the I/O.
 
 use std::ffi::OsString;
 use std::hash::BuildHasher;
@@ -19,6 +21,10 @@ pub const CLIENT_PORT: u16 = 68;
 /// The wait for an answer to each try; the number of entries is the number of tries.
 pub const DEFAULT_TIMEOUTS: [Duration; 4] =
     [Duration::from_secs(2), Duration::from_secs(4), Duration::from_secs(8), Duration::from_secs(8)];
+/// Shortest wait before retrying a failed extension (RFC 2131 4.4.5 says 60 seconds).
+pub const MIN_RETRY: Duration = Duration::from_secs(60);
+/// Option 51's value for a lease that never expires.
+const INFINITE_LEASE: u32 = u32::MAX;
 
 const BOOTREQUEST: u8 = 1;
 const BOOTREPLY: u8 = 2;
@@ -70,17 +76,38 @@ pub enum ClientMessage {
         address: Ipv4Addr,
         server: Ipv4Addr,
     },
+    /// Asks to extend the lease on `address`, which the client holds and puts in `ciaddr`
+    /// (the RENEWING and REBINDING states' REQUEST); replies come by unicast.
+    Renew {
+        address: Ipv4Addr,
+    },
 }
 
-/// Encodes a client message: BOOTREQUEST with the broadcast flag, our MAC as `chaddr`
-/// and client identifier, and a parameter request for netmask, router and DNS.
+impl ClientMessage {
+    fn name(self) -> &'static str {
+        match self {
+            ClientMessage::Discover => "discover",
+            ClientMessage::Request { .. } => "request",
+            ClientMessage::Renew { .. } => "renewal request",
+        }
+    }
+}
+
+/// Encodes a client message: BOOTREQUEST with our MAC as `chaddr` and client identifier,
+/// and a parameter request for netmask, router and DNS. Without an address yet, the
+/// broadcast flag asks for broadcast replies.
 pub fn encode(message: ClientMessage, xid: u32, mac: [u8; 6]) -> Vec<u8> {
     let mut packet = vec![0; HEADER_LEN];
     packet[0] = BOOTREQUEST;
     packet[1] = HTYPE_ETHERNET;
     packet[2] = mac.len() as u8;
     packet[4..8].copy_from_slice(&xid.to_be_bytes());
-    packet[10..12].copy_from_slice(&BROADCAST_FLAG.to_be_bytes());
+    match message {
+        ClientMessage::Renew { address } => packet[12..16].copy_from_slice(&address.octets()),
+        ClientMessage::Discover | ClientMessage::Request { .. } => {
+            packet[10..12].copy_from_slice(&BROADCAST_FLAG.to_be_bytes())
+        }
+    }
     packet[28..34].copy_from_slice(&mac);
     packet.extend_from_slice(&MAGIC_COOKIE);
 
@@ -91,7 +118,7 @@ pub fn encode(message: ClientMessage, xid: u32, mac: [u8; 6]) -> Vec<u8> {
     };
     let kind = match message {
         ClientMessage::Discover => MessageType::Discover,
-        ClientMessage::Request { .. } => MessageType::Request,
+        ClientMessage::Request { .. } | ClientMessage::Renew { .. } => MessageType::Request,
     };
     option(OPT_MESSAGE_TYPE, &[kind as u8]);
     let mut client_id = vec![HTYPE_ETHERNET];
@@ -240,9 +267,71 @@ impl Lease {
         }
     }
 
+    /// The lease an ACK to a renewal grants; options the ACK omits keep their old values.
+    pub fn renewed(&self, ack: &Reply, server: Ipv4Addr) -> Self {
+        Lease {
+            address: if ack.your_address.is_unspecified() { self.address } else { ack.your_address },
+            netmask: ack.subnet_mask.unwrap_or(self.netmask),
+            router: ack.routers.first().copied().or(self.router),
+            dns_servers: if ack.dns_servers.is_empty() { self.dns_servers.clone() } else { ack.dns_servers.clone() },
+            server,
+            lease_seconds: ack.lease_seconds.or(self.lease_seconds),
+        }
+    }
+
     /// The netmask as a prefix length (`/24`).
     pub fn prefix_len(&self) -> u32 {
         u32::from(self.netmask).leading_ones()
+    }
+}
+
+/// Where a lease stands some time after it was granted (RFC 2131 4.4.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeasePhase {
+    /// Before T1 (half the lease): nothing to do.
+    Bound,
+    /// From T1 to T2 (7/8 of the lease): ask the server that granted it to extend it.
+    Renewing,
+    /// From T2 to the end of the lease: ask any server.
+    Rebinding,
+    /// Over: start again with DISCOVER.
+    Expired,
+}
+
+/// The lease's length, `None` if it never ends (no lease time, or the infinite one).
+fn finite_lease(lease_seconds: Option<u32>) -> Option<Duration> {
+    lease_seconds.filter(|&seconds| seconds != INFINITE_LEASE).map(|seconds| Duration::from_secs(seconds.into()))
+}
+
+/// T1, T2 and the end of a lease of length `lease`.
+fn phase_starts(lease: Duration) -> [Duration; 3] {
+    [lease / 2, lease * 7 / 8, lease]
+}
+
+/// The phase of a lease of `lease_seconds` (option 51) `elapsed` after it was granted.
+pub fn lease_phase(lease_seconds: Option<u32>, elapsed: Duration) -> LeasePhase {
+    let Some(lease) = finite_lease(lease_seconds) else { return LeasePhase::Bound };
+    let [t1, t2, end] = phase_starts(lease);
+    match elapsed {
+        e if e < t1 => LeasePhase::Bound,
+        e if e < t2 => LeasePhase::Renewing,
+        e if e < end => LeasePhase::Rebinding,
+        _ => LeasePhase::Expired,
+    }
+}
+
+/// How long to wait after a failed attempt at `elapsed` before the next: half the time
+/// left in the current phase, at least [`MIN_RETRY`], but never past the next phase's
+/// start, which calls for a different attempt (RFC 2131 4.4.5).
+pub fn retry_delay(lease_seconds: Option<u32>, elapsed: Duration) -> Duration {
+    let next_phase =
+        finite_lease(lease_seconds).and_then(|lease| phase_starts(lease).into_iter().find(|&t| t > elapsed));
+    match next_phase {
+        Some(start) => {
+            let left = start - elapsed;
+            (left / 2).max(MIN_RETRY).min(left)
+        }
+        None => MIN_RETRY,
     }
 }
 
@@ -287,8 +376,7 @@ pub enum DhcpError {
 /// once per entry of `timeouts`, waiting that long for an answer.
 pub fn obtain_lease(iface: &str, mac: [u8; 6], timeouts: &[Duration]) -> Result<Lease, DhcpError> {
     let socket = open_socket(iface)?;
-    let xid = std::collections::hash_map::RandomState::new().hash_one((mac, Instant::now())) as u32;
-    let exchange = Exchange { socket: &socket, iface, xid, mac, timeouts };
+    let exchange = Exchange { socket: &socket, iface, xid: new_xid(mac), mac, timeouts, to: Ipv4Addr::BROADCAST };
 
     let (offer, offer_source) = exchange.run(ClientMessage::Discover, "offer", |reply| {
         reply.message_type == MessageType::Offer && !reply.your_address.is_unspecified()
@@ -303,6 +391,33 @@ pub fn obtain_lease(iface: &str, mac: [u8; 6], timeouts: &[Duration]) -> Result<
         return Err(DhcpError::Refused { server, address: offer.your_address });
     }
     Ok(Lease::from_ack(&answer, &offer, server))
+}
+
+/// Asks to extend `lease`, whose address is on `iface`: sent to `to`, the server that
+/// granted it (RENEWING) or the broadcast address (REBINDING). Each try waits for an
+/// answer as long as the matching entry of `timeouts`.
+pub fn extend_lease(
+    iface: &str,
+    mac: [u8; 6],
+    lease: &Lease,
+    to: Ipv4Addr,
+    timeouts: &[Duration],
+) -> Result<Lease, DhcpError> {
+    let socket = open_socket(iface)?;
+    let exchange = Exchange { socket: &socket, iface, xid: new_xid(mac), mac, timeouts, to };
+    let (answer, source) = exchange.run(ClientMessage::Renew { address: lease.address }, "ack", |reply| {
+        matches!(reply.message_type, MessageType::Ack | MessageType::Nak)
+    })?;
+    let server = answer.server_id.unwrap_or(source);
+    if answer.message_type == MessageType::Nak {
+        return Err(DhcpError::Refused { server, address: lease.address });
+    }
+    Ok(lease.renewed(&answer, server))
+}
+
+/// A transaction ID unlikely to repeat across boots and clients.
+fn new_xid(mac: [u8; 6]) -> u32 {
+    std::collections::hash_map::RandomState::new().hash_one((mac, Instant::now())) as u32
 }
 
 /// A socket on port 68 that only sees `iface` and may broadcast.
@@ -323,6 +438,8 @@ struct Exchange<'a> {
     xid: u32,
     mac: [u8; 6],
     timeouts: &'a [Duration],
+    /// Where messages go: the broadcast address, or a server's when renewing.
+    to: Ipv4Addr,
 }
 
 impl Exchange<'_> {
@@ -335,15 +452,11 @@ impl Exchange<'_> {
         wanted: impl Fn(&Reply) -> bool,
     ) -> Result<(Reply, Ipv4Addr), DhcpError> {
         let packet = encode(message, self.xid, self.mac);
-        let destination = SocketAddr::from((Ipv4Addr::BROADCAST, SERVER_PORT));
-        let what = match message {
-            ClientMessage::Discover => "discover",
-            ClientMessage::Request { .. } => "request",
-        };
+        let destination = SocketAddr::from((self.to, SERVER_PORT));
         for timeout in self.timeouts {
             self.socket.send_to(&packet, destination).map_err(|source| DhcpError::Send {
                 iface: self.iface.to_string(),
-                what,
+                what: message.name(),
                 source,
             })?;
             if let Some(found) = self.receive_until(Instant::now() + *timeout, &wanted)? {
@@ -443,6 +556,74 @@ mod tests {
                 (OPT_PARAMETER_REQUEST_LIST, vec![1, 3, 6]),
             ]
         );
+    }
+
+    #[test]
+    fn renewal_request_comes_from_the_held_address_without_broadcast_flag() {
+        let address = Ipv4Addr::new(10, 0, 2, 15);
+        let packet = encode(ClientMessage::Renew { address }, 9, MAC);
+        assert_eq!(packet[10..12], [0, 0], "no broadcast flag: we can take unicast now");
+        assert_eq!(packet[12..16], address.octets(), "ciaddr");
+        assert_eq!(
+            options(&packet),
+            [
+                (OPT_MESSAGE_TYPE, vec![3]),
+                (OPT_CLIENT_ID, vec![1, 0x52, 0x54, 0x00, 0x12, 0x34, 0x56]),
+                (OPT_PARAMETER_REQUEST_LIST, vec![1, 3, 6]),
+            ],
+            "no requested address or server id when renewing (RFC 2131 4.3.2)"
+        );
+    }
+
+    #[test]
+    fn lease_phases_follow_t1_and_t2() {
+        let hour = Some(3600);
+        #[rustfmt::skip]
+        let cases = [
+            (0, LeasePhase::Bound), (1799, LeasePhase::Bound),
+            (1800, LeasePhase::Renewing), (3149, LeasePhase::Renewing),
+            (3150, LeasePhase::Rebinding), (3599, LeasePhase::Rebinding),
+            (3600, LeasePhase::Expired), (100_000, LeasePhase::Expired),
+        ];
+        for (seconds, phase) in cases {
+            assert_eq!(lease_phase(hour, Duration::from_secs(seconds)), phase, "{seconds}s into an hour's lease");
+        }
+        for endless in [None, Some(u32::MAX)] {
+            assert_eq!(lease_phase(endless, Duration::from_secs(u64::from(u32::MAX) * 2)), LeasePhase::Bound);
+        }
+    }
+
+    #[test]
+    fn retries_halve_the_time_left_but_never_skip_a_phase() {
+        let secs = Duration::from_secs;
+        let hour = Some(3600);
+        assert_eq!(retry_delay(hour, secs(1800)), secs(675), "half of the 1350s left before T2");
+        assert_eq!(retry_delay(hour, secs(3100)), secs(50), "60s minimum, but T2 comes after 50s");
+        assert_eq!(retry_delay(hour, secs(3150)), secs(225), "rebinding: half of the 450s left");
+        assert_eq!(retry_delay(hour, secs(3500)), secs(60), "at least a minute");
+        assert_eq!(retry_delay(hour, secs(3600)), MIN_RETRY, "expired: keep trying to rediscover");
+        let two_minutes = Some(120);
+        assert_eq!(retry_delay(two_minutes, secs(60)), secs(45), "the 45s to T2");
+    }
+
+    #[test]
+    fn renewed_lease_keeps_what_the_ack_omits() {
+        let lease = Lease {
+            address: Ipv4Addr::new(10, 0, 2, 15),
+            netmask: Ipv4Addr::new(255, 255, 255, 0),
+            router: Some(Ipv4Addr::new(10, 0, 2, 2)),
+            dns_servers: vec![Ipv4Addr::new(10, 0, 2, 3)],
+            server: Ipv4Addr::new(10, 0, 2, 2),
+            lease_seconds: Some(600),
+        };
+        let mut ack = decode_reply(&slirp_reply(MessageType::Ack)).unwrap();
+        assert_eq!(lease.renewed(&ack, lease.server).lease_seconds, Some(86400), "new lease time");
+        ack.routers.clear();
+        ack.dns_servers.clear();
+        ack.subnet_mask = None;
+        ack.lease_seconds = None;
+        ack.your_address = Ipv4Addr::UNSPECIFIED;
+        assert_eq!(lease.renewed(&ack, lease.server), lease);
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Loads the drivers for the hardware present, the way udev would: every device in sysfs
 //! publishes a `modalias`; the modules whose alias patterns match it are loaded, with
 //! their dependencies first. Loading a bus driver (virtio_pci) makes new devices appear
-//! (virtio net/blk), so passes repeat until one loads nothing new.
+//! (virtio net/blk), so passes repeat until one loads nothing new; later passes (while the
+//! network step polls for NICs) catch devices that appear after that.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -54,29 +55,60 @@ pub enum InsertError {
     },
 }
 
-/// Loads drivers for the devices under `<root>/sys`, from `<root>/lib/modules/<release>`
-/// (the running kernel's release, from `<root>/proc`). Without a modules directory the
-/// kernel's built-in drivers are all there is, which is not an error.
-pub fn load_for_present_hardware(root: &Path) -> Result<(), DriverError> {
-    let release_path = root.join("proc/sys/kernel/osrelease");
-    let release =
-        std::fs::read_to_string(&release_path).map_err(|source| DriverError::Release { path: release_path, source })?;
-    let release = release.trim();
-    if !ModuleIndex::modules_dir(root, release).is_dir() {
-        log!("no modules for kernel {release}; relying on built-in drivers");
-        return Ok(());
+/// How modules get into the kernel: [`insert_module`], or a fake in tests.
+type InsertFn = fn(&Path) -> Result<(), InsertError>;
+
+/// The driver step's state, kept after it succeeds so that later passes load drivers for
+/// devices that show up late (a NIC still probing when the step ran).
+pub struct HardwareDrivers {
+    /// `None` when there are no modules for this kernel: built-in drivers are all there is.
+    loader: Option<DriverLoader<InsertFn>>,
+    sys_root: PathBuf,
+}
+
+impl HardwareDrivers {
+    /// Loads drivers for the devices under `<root>/sys`, from `<root>/lib/modules/<release>`
+    /// (the running kernel's release, from `<root>/proc`), until a pass loads nothing new.
+    /// Without a modules directory the kernel's built-in drivers are all there is, which is
+    /// not an error.
+    pub fn load_present(root: &Path) -> Result<Self, DriverError> {
+        let release_path = root.join("proc/sys/kernel/osrelease");
+        let release = std::fs::read_to_string(&release_path)
+            .map_err(|source| DriverError::Release { path: release_path, source })?;
+        let release = release.trim();
+        let sys_root = root.join("sys");
+        if !ModuleIndex::modules_dir(root, release).is_dir() {
+            log!("no modules for kernel {release}; relying on built-in drivers");
+            return Ok(Self { loader: None, sys_root });
+        }
+        let index = ModuleIndex::load(root, release)?;
+        let mut loader = DriverLoader::new(index, insert_module as InsertFn);
+        let loaded = loader.load_until_settled(|| scan_for_drivers(&sys_root), PASS_PAUSE)?;
+        log!("drivers: {loaded} modules loaded");
+        Ok(Self { loader: Some(loader), sys_root })
     }
-    let index = ModuleIndex::load(root, release)?;
-    let sys_root = root.join("sys");
-    let mut loader = DriverLoader::new(&index, insert_module);
-    let scan = || {
-        let mut modaliases = scan_modaliases(&sys_root)?;
-        modaliases.extend(filesystem_modaliases(&sys_root));
-        Ok(modaliases)
-    };
-    let loaded = loader.load_until_settled(scan, PASS_PAUSE)?;
-    log!("drivers: {loaded} modules loaded");
-    Ok(())
+
+    /// One more pass over the devices present now; modaliases seen before are skipped, so
+    /// it is cheap enough to run while polling for NICs. Errors are logged.
+    pub fn load_new(&mut self) {
+        let Some(loader) = &mut self.loader else { return };
+        match scan_for_drivers(&self.sys_root) {
+            Ok(modaliases) => {
+                let loaded = loader.load_pass(&modaliases);
+                if loaded > 0 {
+                    log!("drivers: {loaded} more modules loaded for devices that appeared");
+                }
+            }
+            Err(error) => log!("{}", error_chain(&error)),
+        }
+    }
+}
+
+/// The modaliases drivers are wanted for: every device's, plus efivarfs's on UEFI machines.
+fn scan_for_drivers(sys_root: &Path) -> Result<BTreeSet<String>, DriverError> {
+    let mut modaliases = scan_modaliases(sys_root)?;
+    modaliases.extend(efivarfs_modalias(sys_root));
+    Ok(modaliases)
 }
 
 /// Loads one module file into the kernel, without parameters.
@@ -108,19 +140,21 @@ pub fn scan_modaliases(sys_root: &Path) -> Result<BTreeSet<String>, DriverError>
     Ok(modaliases)
 }
 
-/// Aliases (`fs-<type>`, as the kernel's own request_module uses) of the filesystems init
-/// will mount that are often modules: efivarfs on UEFI machines.
-pub fn filesystem_modaliases(sys_root: &Path) -> Option<String> {
+/// The alias (`fs-efivarfs`, as the kernel's own request_module uses) of efivarfs, which
+/// init mounts on UEFI machines and which is often a module.
+pub fn efivarfs_modalias(sys_root: &Path) -> Option<String> {
     sys_root.join("firmware/efi").is_dir().then(|| "fs-efivarfs".to_string())
 }
 
 /// Loads modules for modaliases, remembering each module's outcome so that it is
 /// attempted once (a failure is logged, not retried forever).
-pub struct DriverLoader<'a, Insert> {
-    index: &'a ModuleIndex,
+pub struct DriverLoader<Insert> {
+    index: ModuleIndex,
     insert: Insert,
     /// Module name -> whether it is in the kernel now.
     outcomes: HashMap<String, bool>,
+    /// Modaliases already handled: what matches them does not change.
+    handled: HashSet<String>,
 }
 
 /// What became of one module.
@@ -130,9 +164,9 @@ enum Outcome {
     Failed,
 }
 
-impl<'a, Insert: FnMut(&Path) -> Result<(), InsertError>> DriverLoader<'a, Insert> {
-    pub fn new(index: &'a ModuleIndex, insert: Insert) -> Self {
-        Self { index, insert, outcomes: HashMap::new() }
+impl<Insert: FnMut(&Path) -> Result<(), InsertError>> DriverLoader<Insert> {
+    pub fn new(index: ModuleIndex, insert: Insert) -> Self {
+        Self { index, insert, outcomes: HashMap::new(), handled: HashSet::new() }
     }
 
     /// Runs passes over `scan()`'s modaliases, pausing between them, until a pass loads
@@ -154,24 +188,30 @@ impl<'a, Insert: FnMut(&Path) -> Result<(), InsertError>> DriverLoader<'a, Inser
         Ok(total)
     }
 
-    /// Loads the modules matching `modaliases`, dependencies first; a module whose
-    /// dependency failed is not tried. Returns how many were newly loaded.
+    /// Loads the modules matching `modaliases` not handled before, dependencies first; a
+    /// module whose dependency failed is not tried. Returns how many were newly loaded.
     pub fn load_pass(&mut self, modaliases: &BTreeSet<String>) -> usize {
-        let index = self.index;
+        let Self { index, insert, outcomes, handled } = self;
         let mut loaded = 0;
         for modalias in modaliases {
+            if !handled.insert(modalias.clone()) {
+                continue;
+            }
             for target in index.modules_for_modalias(modalias) {
-                if self.outcomes.contains_key(target) {
+                if outcomes.contains_key(target) {
                     continue;
                 }
                 let order = index.load_order(target);
                 if order.is_empty() {
-                    self.outcomes.insert(target.to_string(), false);
-                    log!("no module file for {target} (wanted by {modalias})");
+                    let builtin = index.is_builtin(target);
+                    if !builtin {
+                        log!("no module file for {target} (wanted by {modalias})");
+                    }
+                    outcomes.insert(target.to_string(), builtin);
                     continue;
                 }
                 for module in order {
-                    match self.load_once(module) {
+                    match load_once(index, insert, outcomes, module) {
                         Outcome::Loaded => loaded += 1,
                         Outcome::AlreadyThere => {}
                         Outcome::Failed => break,
@@ -181,27 +221,32 @@ impl<'a, Insert: FnMut(&Path) -> Result<(), InsertError>> DriverLoader<'a, Inser
         }
         loaded
     }
+}
 
-    fn load_once(&mut self, module: &Module) -> Outcome {
-        match self.outcomes.get(&module.name) {
-            Some(true) => return Outcome::AlreadyThere,
-            Some(false) => return Outcome::Failed,
-            None => {}
-        }
-        let outcome = match (self.insert)(&self.index.path_of(module)) {
-            Ok(()) => {
-                log!("loaded {}", module.name);
-                Outcome::Loaded
-            }
-            Err(InsertError::Init { source: Errno::EEXIST, .. }) => Outcome::AlreadyThere,
-            Err(error) => {
-                log!("could not load {}: {}", module.name, error_chain(&error));
-                Outcome::Failed
-            }
-        };
-        self.outcomes.insert(module.name.clone(), !matches!(outcome, Outcome::Failed));
-        outcome
+fn load_once(
+    index: &ModuleIndex,
+    insert: &mut impl FnMut(&Path) -> Result<(), InsertError>,
+    outcomes: &mut HashMap<String, bool>,
+    module: &Module,
+) -> Outcome {
+    match outcomes.get(&module.name) {
+        Some(true) => return Outcome::AlreadyThere,
+        Some(false) => return Outcome::Failed,
+        None => {}
     }
+    let outcome = match insert(&index.path_of(module)) {
+        Ok(()) => {
+            log!("loaded {}", module.name);
+            Outcome::Loaded
+        }
+        Err(InsertError::Init { source: Errno::EEXIST, .. }) => Outcome::AlreadyThere,
+        Err(error) => {
+            log!("could not load {}: {}", module.name, error_chain(&error));
+            Outcome::Failed
+        }
+    };
+    outcomes.insert(module.name.clone(), !matches!(outcome, Outcome::Failed));
+    outcome
 }
 
 #[cfg(test)]
@@ -253,9 +298,9 @@ mod tests {
     #[test]
     fn efivarfs_is_wanted_on_uefi_machines_only() {
         let sys = tempfile::tempdir().unwrap();
-        assert_eq!(filesystem_modaliases(sys.path()), None);
+        assert_eq!(efivarfs_modalias(sys.path()), None);
         std::fs::create_dir_all(sys.path().join("firmware/efi")).unwrap();
-        let alias = filesystem_modaliases(sys.path()).unwrap();
+        let alias = efivarfs_modalias(sys.path()).unwrap();
         assert_eq!(fixture_index().modules_for_modalias(&alias), ["efivarfs"]);
     }
 
@@ -267,9 +312,8 @@ mod tests {
 
     #[test]
     fn later_passes_load_drivers_for_devices_that_appeared() {
-        let index = fixture_index();
         let mut inserted = Vec::new();
-        let mut loader = DriverLoader::new(&index, |path: &Path| {
+        let mut loader = DriverLoader::new(fixture_index(), |path: &Path| {
             inserted.push(file_name(path));
             Ok(())
         });
@@ -308,9 +352,8 @@ mod tests {
 
     #[test]
     fn already_loaded_counts_as_success_and_failures_stop_the_chain_once() {
-        let index = fixture_index();
         let mut inserted = Vec::new();
-        let mut loader = DriverLoader::new(&index, |path: &Path| {
+        let mut loader = DriverLoader::new(fixture_index(), |path: &Path| {
             let name = file_name(path);
             inserted.push(name.clone());
             match name.as_str() {
@@ -329,8 +372,22 @@ mod tests {
     }
 
     #[test]
-    fn error_chain_joins_sources() {
-        let error = InsertError::Init { path: PathBuf::from("/m/x.ko"), source: Errno::ENOEXEC };
-        assert_eq!(error_chain(&error), format!("finit_module(/m/x.ko) failed: {}", Errno::ENOEXEC));
+    fn builtin_targets_count_as_present_without_inserting_anything() {
+        let index = ModuleIndex::parse(
+            PathBuf::from("/m"),
+            "alias fs-efivarfs efivarfs\nalias virtio:d00000001v* virtio_net\n",
+            "kernel/drivers/net/virtio_net.ko:\n",
+            "kernel/fs/efivarfs/efivarfs.ko\n",
+        );
+        let mut inserted = Vec::new();
+        let mut loader = DriverLoader::new(index, |path: &Path| {
+            inserted.push(file_name(path));
+            Ok(())
+        });
+        let modaliases = BTreeSet::from(["fs-efivarfs".to_string(), VIRTIO_NET.to_string()]);
+        assert_eq!(loader.load_pass(&modaliases), 1);
+        assert_eq!(loader.outcomes.get("efivarfs"), Some(&true), "built in, so in the kernel");
+        drop(loader);
+        assert_eq!(inserted, ["virtio_net.ko"]);
     }
 }

@@ -4,15 +4,15 @@
 //! under [`retry_forever`], which logs errors and panics to the console and tries again
 //! after a delay, reaping orphaned children while it waits. The steps: mount the kernel
 //! filesystems, read the kernel command line, load drivers for the hardware present (by
-//! modalias) and mount efivarfs, configure the network by DHCP, then run and keep
-//! restarting the agent.
+//! modalias) and mount efivarfs, configure the network by DHCP (loading drivers for NICs
+//! that appear late), then run and keep restarting the agent while renewing the leases.
 //!
 //! Deliberately small (no async runtime, no logging framework): the ramdisk's size matters.
 
 use std::error::Error;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Writes one line to the console (PID 1's stderr), prefixed `ferric-init: `.
 /// Write errors are ignored: PID 1 must not panic because the console is gone.
@@ -43,10 +43,10 @@ const RETRY_DELAY: Duration = Duration::from_secs(5);
 /// per-step retries. Never returns.
 pub fn run_forever() -> ! {
     loop {
-        if let Err(panic) = catch_unwind(|| run_sequence()) {
-            log!("init sequence panicked: {}; restarting it", panic_message(&*panic));
-        }
-        supervise::sleep_reaping(RETRY_DELAY);
+        // run_sequence never returns, so only its panic can come back.
+        let Err(panic) = catch_unwind(run_sequence);
+        log!("init sequence panicked: {}; restarting it", panic_message(&*panic));
+        supervise::sleep_reaping(RETRY_DELAY, &mut || {});
     }
 }
 
@@ -57,10 +57,18 @@ fn run_sequence() -> ! {
         std::fs::read_to_string("/proc/cmdline").map(|text| cmdline::parse(&text))
     });
     log_boot_params(&params);
-    retry_forever("load drivers", RETRY_DELAY, || drivers::load_for_present_hardware(Path::new("/")));
+    let mut hardware =
+        retry_forever("load drivers", RETRY_DELAY, || drivers::HardwareDrivers::load_present(Path::new("/")));
     mounts::mount_efivarfs(Path::new("/"));
-    retry_forever("configure network", RETRY_DELAY, || network::configure(&network::NetworkConfig::new(&params)));
-    supervise::run_agent_forever(&params)
+    let config = network::NetworkConfig::new(&params);
+    let leases =
+        retry_forever("configure network", RETRY_DELAY, || network::configure(&config, &mut || hardware.load_new()));
+    let mut lease_keeper = network::LeaseKeeper::new(config, leases);
+    supervise::run_agent_forever(&params, &mut || {
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| lease_keeper.maintain(Instant::now()))) {
+            log!("lease maintenance panicked: {}", panic_message(&*panic));
+        }
+    })
 }
 
 fn log_boot_params(params: &BootParams) {
@@ -84,7 +92,7 @@ pub fn retry_forever<T, E: Error>(name: &str, delay: Duration, mut step: impl Fn
             Ok(Err(error)) => log!("{name} failed: {}; retrying in {}s", error_chain(&error), delay.as_secs()),
             Err(panic) => log!("{name} panicked: {}; retrying in {}s", panic_message(&*panic), delay.as_secs()),
         }
-        supervise::sleep_reaping(delay);
+        supervise::sleep_reaping(delay, &mut || {});
     }
 }
 
@@ -133,5 +141,11 @@ mod tests {
             }
         });
         assert_eq!((value, attempts.get()), (42, 3));
+    }
+
+    #[test]
+    fn error_chain_joins_sources() {
+        let error = drivers::InsertError::Init { path: "/m/x.ko".into(), source: nix::errno::Errno::ENOEXEC };
+        assert_eq!(error_chain(&error), format!("finit_module(/m/x.ko) failed: {}", nix::errno::Errno::ENOEXEC));
     }
 }

@@ -1,5 +1,6 @@
-//! kmod's text indexes (`modules.alias`, `modules.dep`): which module drives a modalias,
-//! and what must be loaded before it.
+//! kmod's text indexes (`modules.alias`, `modules.dep`, `modules.builtin`): which module
+//! drives a modalias, what must be loaded before it, and which modules the kernel has built in.
+//! The image builder reads the same files with this parser when it picks the ramdisk's modules.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -42,6 +43,8 @@ pub struct ModuleIndex {
     dir: PathBuf,
     aliases: Vec<Alias>,
     modules: HashMap<String, Module>,
+    /// Normalised names of the modules compiled into the kernel: nothing to load for them.
+    builtin: HashSet<String>,
 }
 
 /// The kernel's name for a module file or alias target: `-` and `_` are interchangeable.
@@ -49,8 +52,9 @@ pub fn normalize_module_name(name: &str) -> String {
     name.replace('-', "_")
 }
 
-/// The module name of a `modules.dep` path: `kernel/drivers/hid/hid-generic.ko` -> `hid_generic`.
-fn module_name_of_path(path: &str) -> String {
+/// The module name of a `modules.dep` or `modules.builtin` path, compressed or not:
+/// `kernel/drivers/hid/hid-generic.ko[.xz]` -> `hid_generic`.
+pub fn module_name_of_path(path: &str) -> String {
     let file = path.rsplit('/').next().unwrap_or(path);
     normalize_module_name(file.split_once(".ko").map_or(file, |(stem, _)| stem))
 }
@@ -61,7 +65,8 @@ impl ModuleIndex {
         root.join("lib/modules").join(release)
     }
 
-    /// Reads `modules.alias` and `modules.dep` of `release` below `root`.
+    /// Reads `modules.alias`, `modules.dep` and, if present, `modules.builtin` of `release`
+    /// below `root`.
     pub fn load(root: &Path, release: &str) -> Result<Self, ModIndexError> {
         let dir = Self::modules_dir(root, release);
         let read = |name: &str| {
@@ -69,11 +74,15 @@ impl ModuleIndex {
             std::fs::read_to_string(&path).map_err(|source| ModIndexError::Read { path, source })
         };
         let (alias_text, dep_text) = (read("modules.alias")?, read("modules.dep")?);
-        Ok(Self::parse(dir, &alias_text, &dep_text))
+        let builtin_text = match read("modules.builtin") {
+            Err(ModIndexError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => String::new(),
+            other => other?,
+        };
+        Ok(Self::parse(dir, &alias_text, &dep_text, &builtin_text))
     }
 
-    /// Builds the index from the two files' text; malformed lines are skipped.
-    pub fn parse(dir: PathBuf, alias_text: &str, dep_text: &str) -> Self {
+    /// Builds the index from the files' text; malformed lines are skipped.
+    pub fn parse(dir: PathBuf, alias_text: &str, dep_text: &str, builtin_text: &str) -> Self {
         let aliases = alias_text
             .lines()
             .filter_map(|line| {
@@ -112,7 +121,9 @@ impl ModuleIndex {
             };
             modules.insert(module.name.clone(), module);
         }
-        Self { dir, aliases, modules }
+        let builtin =
+            builtin_text.lines().map(str::trim).filter(|line| !line.is_empty()).map(module_name_of_path).collect();
+        Self { dir, aliases, modules, builtin }
     }
 
     /// Absolute path of a module's file.
@@ -123,6 +134,11 @@ impl ModuleIndex {
     /// The module of this name, if `modules.dep` lists it.
     pub fn module(&self, name: &str) -> Option<&Module> {
         self.modules.get(&normalize_module_name(name))
+    }
+
+    /// Whether `modules.builtin` lists the module: it is part of the kernel, not a file.
+    pub fn is_builtin(&self, name: &str) -> bool {
+        self.builtin.contains(&normalize_module_name(name))
     }
 
     /// Names of the modules whose alias patterns match `modalias`, each once, in file order.
@@ -251,10 +267,43 @@ mod tests {
             PathBuf::from("/m"),
             "alias foo:* foo-drv\n# comment\ngarbage\n",
             "kernel/foo-drv.ko: kernel/lib/helper-lib.ko\n",
+            "",
         );
         assert_eq!(index.modules_for_modalias("foo:x"), ["foo_drv"]);
         let order = index.load_order("foo_drv");
         assert_eq!(names(&order), ["helper_lib", "foo_drv"]);
         assert_eq!(index.path_of(order[0]), Path::new("/m/kernel/lib/helper-lib.ko"));
+    }
+
+    #[test]
+    fn names_of_paths_drop_directories_and_extensions() {
+        assert_eq!(module_name_of_path("kernel/fs/nls/nls_iso8859-1.ko"), "nls_iso8859_1");
+        assert_eq!(module_name_of_path("kernel/drivers/char/hw_random/virtio-rng.ko.zst"), "virtio_rng");
+        assert_eq!(module_name_of_path("virtio_net.ko.xz"), "virtio_net");
+        assert_eq!(normalize_module_name("mlx5-core"), "mlx5_core");
+    }
+
+    #[test]
+    fn builtin_modules_are_known_but_have_nothing_to_load() {
+        let index = fixture();
+        for name in ["mq-deadline", "rng_core", "crc-ccitt"] {
+            assert!(index.is_builtin(name), "{name}");
+            assert!(index.load_order(name).is_empty(), "{name}");
+        }
+        assert!(!index.is_builtin("virtio_net"));
+        let without_file = ModuleIndex::load(Path::new("/nonexistent"), RELEASE);
+        assert!(without_file.is_err(), "modules.alias and modules.dep are required");
+    }
+
+    #[test]
+    fn modules_builtin_is_optional() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = ModuleIndex::modules_dir(root.path(), RELEASE);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("modules.alias"), "alias virtio:d00000001v* virtio_net\n").unwrap();
+        std::fs::write(dir.join("modules.dep"), "kernel/drivers/net/virtio_net.ko:\n").unwrap();
+        let index = ModuleIndex::load(root.path(), RELEASE).unwrap();
+        assert!(!index.is_builtin("virtio_net"));
+        assert_eq!(names(&index.load_order("virtio_net")), ["virtio_net"]);
     }
 }

@@ -1,12 +1,12 @@
 //! The network step: loopback, the boot NIC (or every NIC with a link) configured by
-//! DHCP, a default route and `/etc/resolv.conf`.
+//! DHCP, a default route and `/etc/resolv.conf`; then keeping the leases alive.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::cmdline::BootParams;
-use crate::dhcp::{self, DhcpError, Lease};
+use crate::dhcp::{self, DhcpError, Lease, LeasePhase};
 use crate::error_chain;
 use crate::netif::{self, NetifError, Nic};
 
@@ -64,49 +64,68 @@ impl NetworkConfig {
     }
 }
 
+/// A lease on a NIC, with when it was granted (its times count from there).
+#[derive(Debug, Clone)]
+pub struct HeldLease {
+    pub nic: Nic,
+    pub lease: Lease,
+    /// When the request that got the lease was sent.
+    pub granted: Instant,
+    /// Whether the default route goes via this lease's router, to restore it should the
+    /// address change.
+    pub default_route: bool,
+    /// After a failed extension: not before then.
+    retry_at: Option<Instant>,
+}
+
 /// Configures loopback, then DHCP on the boot NIC (or on every NIC with a link), adds a
 /// default route via the first router offered and writes all DNS servers to resolv.conf.
-/// Succeeds when at least one NIC got a lease.
-pub fn configure(config: &NetworkConfig) -> Result<Vec<(Nic, Lease)>, NetworkError> {
+/// Succeeds when at least one NIC got a lease. `load_drivers` runs on every poll for NICs,
+/// so that a NIC whose device appears late still gets its driver.
+pub fn configure(config: &NetworkConfig, load_drivers: &mut dyn FnMut()) -> Result<Vec<HeldLease>, NetworkError> {
     netif::set_ipv4("lo", Ipv4Addr::LOCALHOST, Ipv4Addr::new(255, 0, 0, 0)).map_err(NetworkError::Loopback)?;
     netif::set_up("lo").map_err(NetworkError::Loopback)?;
 
-    let candidates = choose_nics(config)?;
-    let mut leases = Vec::new();
-    let mut has_default_route = false;
+    let candidates = choose_nics(config, load_drivers)?;
+    let mut held: Vec<HeldLease> = Vec::new();
     for nic in candidates {
-        match lease_and_apply(config, &nic, !has_default_route) {
+        let add_default_route = !held.iter().any(|lease| lease.default_route);
+        let granted = Instant::now();
+        match lease_and_apply(config, &nic, add_default_route) {
             Ok(lease) => {
-                has_default_route |= lease.router.is_some();
-                leases.push((nic, lease));
+                let default_route = add_default_route && lease.router.is_some();
+                held.push(HeldLease { nic, lease, granted, default_route, retry_at: None });
             }
             Err(error) => log!("{}", error_chain(&error)),
         }
     }
-    if leases.is_empty() {
+    if held.is_empty() {
         return Err(NetworkError::NoLease);
     }
+    write_resolv_conf(&config.resolv_conf, &held)?;
+    Ok(held)
+}
+
+/// Writes the DNS servers of all leases, each once, in order.
+fn write_resolv_conf(path: &Path, held: &[HeldLease]) -> Result<(), NetworkError> {
     let mut dns_servers: Vec<Ipv4Addr> = Vec::new();
-    for server in leases.iter().flat_map(|(_, lease)| &lease.dns_servers) {
+    for server in held.iter().flat_map(|held| &held.lease.dns_servers) {
         if !dns_servers.contains(server) {
             dns_servers.push(*server);
         }
     }
-    std::fs::write(&config.resolv_conf, resolv_conf(&dns_servers))
-        .map_err(|source| NetworkError::ResolvConf { path: config.resolv_conf.clone(), source })?;
-    Ok(leases)
+    std::fs::write(path, resolv_conf(&dns_servers))
+        .map_err(|source| NetworkError::ResolvConf { path: path.to_path_buf(), source })
 }
 
-/// The NICs to run DHCP on: the boot NIC once it exists, or every NIC that has a link
-/// within `carrier_wait` of being brought up.
-fn choose_nics(config: &NetworkConfig) -> Result<Vec<Nic>, NetworkError> {
+/// The NICs to run DHCP on: the boot NIC once it exists (given up to `carrier_wait` to get
+/// a link), or every NIC that has a link at the end of `carrier_wait`, counting NICs that
+/// appear meanwhile. `load_drivers` runs before every look at the NICs.
+fn choose_nics(config: &NetworkConfig, load_drivers: &mut dyn FnMut()) -> Result<Vec<Nic>, NetworkError> {
     let started = Instant::now();
-    let nics = loop {
-        let nics = netif::list_nics(&config.sys_class_net).unwrap_or_default();
-        let wanted: Vec<Nic> = match &config.boot_mac {
-            Some(mac) => nics.into_iter().filter(|nic| &nic.mac == mac).collect(),
-            None => nics,
-        };
+    let mut found = loop {
+        load_drivers();
+        let wanted = wanted_nics(config);
         if !wanted.is_empty() {
             break wanted;
         }
@@ -118,35 +137,47 @@ fn choose_nics(config: &NetworkConfig) -> Result<Vec<Nic>, NetworkError> {
         }
         std::thread::sleep(POLL_INTERVAL);
     };
-    for nic in &nics {
-        if let Err(error) = netif::set_up(&nic.name) {
-            log!("{}", error_chain(&error));
-        }
-    }
-    let with_carrier = wait_for_carrier(config, &nics);
-    if config.boot_mac.is_some() {
-        // The boot NIC is the one that worked for PXE: try it even without a link report.
-        if with_carrier.is_empty() {
-            log!("{}: no link after {}s; trying DHCP anyway", nics[0].name, config.carrier_wait.as_secs());
-        }
-        return Ok(nics);
-    }
-    if with_carrier.is_empty() {
-        return Err(NetworkError::NoCarrier { waited: config.carrier_wait });
-    }
-    Ok(with_carrier)
-}
-
-/// The NICs that have a link by the end of `carrier_wait` (returns as soon as all do).
-fn wait_for_carrier(config: &NetworkConfig, nics: &[Nic]) -> Vec<Nic> {
-    let started = Instant::now();
+    let carrier_started = Instant::now();
+    let mut up: Vec<Nic> = Vec::new();
     loop {
-        let with_carrier: Vec<Nic> =
-            nics.iter().filter(|nic| netif::has_carrier(&config.sys_class_net, &nic.name)).cloned().collect();
-        if with_carrier.len() == nics.len() || started.elapsed() >= config.carrier_wait {
-            return with_carrier;
+        for nic in found {
+            if !up.contains(&nic) {
+                if let Err(error) = netif::set_up(&nic.name) {
+                    log!("{}", error_chain(&error));
+                }
+                up.push(nic);
+            }
+        }
+        let mut with_carrier: Vec<Nic> =
+            up.iter().filter(|nic| netif::has_carrier(&config.sys_class_net, &nic.name)).cloned().collect();
+        // The boot NIC is the only one wanted: no need to wait once it has a link.
+        let boot_nic_ready = config.boot_mac.is_some() && !with_carrier.is_empty();
+        if boot_nic_ready || carrier_started.elapsed() >= config.carrier_wait {
+            if config.boot_mac.is_some() {
+                // The boot NIC is the one that worked for PXE: try it even without a link report.
+                if with_carrier.is_empty() {
+                    log!("{}: no link after {}s; trying DHCP anyway", up[0].name, config.carrier_wait.as_secs());
+                }
+                return Ok(up);
+            }
+            if with_carrier.is_empty() {
+                return Err(NetworkError::NoCarrier { waited: config.carrier_wait });
+            }
+            with_carrier.sort_by(|a, b| a.name.cmp(&b.name));
+            return Ok(with_carrier);
         }
         std::thread::sleep(POLL_INTERVAL);
+        load_drivers();
+        found = wanted_nics(config);
+    }
+}
+
+/// The boot NIC if it exists, or without `BOOTIF` every NIC.
+fn wanted_nics(config: &NetworkConfig) -> Vec<Nic> {
+    let nics = netif::list_nics(&config.sys_class_net).unwrap_or_default();
+    match &config.boot_mac {
+        Some(mac) => nics.into_iter().filter(|nic| &nic.mac == mac).collect(),
+        None => nics,
     }
 }
 
@@ -160,10 +191,13 @@ enum NicError {
     Netif(#[from] NetifError),
 }
 
+fn mac_of(nic: &Nic) -> Result<[u8; 6], NicError> {
+    nic.mac_bytes().ok_or_else(|| NicError::BadMac { iface: nic.name.clone(), mac: nic.mac.clone() })
+}
+
 fn lease_and_apply(config: &NetworkConfig, nic: &Nic, add_default_route: bool) -> Result<Lease, NicError> {
-    let mac = nic.mac_bytes().ok_or_else(|| NicError::BadMac { iface: nic.name.clone(), mac: nic.mac.clone() })?;
     log!("{}: DHCP ({})", nic.name, nic.mac);
-    let lease = dhcp::obtain_lease(&nic.name, mac, &config.dhcp_timeouts)?;
+    let lease = dhcp::obtain_lease(&nic.name, mac_of(nic)?, &config.dhcp_timeouts)?;
     apply_lease(&nic.name, &lease, add_default_route)?;
     log!(
         "{}: {}/{} router {} dns {:?} from {}",
@@ -184,6 +218,94 @@ pub fn apply_lease(iface: &str, lease: &Lease, add_default_route: bool) -> Resul
         netif::add_default_route(iface, router)?;
     }
     Ok(())
+}
+
+/// Keeps the leases alive (RFC 2131 4.4.5): renews each from T1 with the server that
+/// granted it, rebinds from T2 with any server, and starts over with DISCOVER once it has
+/// expired or was refused. A failed attempt keeps the address and is retried later.
+/// [`LeaseKeeper::maintain`] is called from PID 1's waiting loops, so no thread is needed.
+pub struct LeaseKeeper {
+    config: NetworkConfig,
+    held: Vec<HeldLease>,
+}
+
+impl LeaseKeeper {
+    pub fn new(config: NetworkConfig, held: Vec<HeldLease>) -> Self {
+        Self { config, held }
+    }
+
+    pub fn held(&self) -> &[HeldLease] {
+        &self.held
+    }
+
+    /// Does what is due at `now` for each lease; blocks while a DHCP exchange runs.
+    pub fn maintain(&mut self, now: Instant) {
+        let mut dns_changed = false;
+        for held in &mut self.held {
+            if held.retry_at.is_some_and(|at| now < at) {
+                continue;
+            }
+            let elapsed = now.saturating_duration_since(held.granted);
+            let phase = dhcp::lease_phase(held.lease.lease_seconds, elapsed);
+            let result = match phase {
+                LeasePhase::Bound => continue,
+                LeasePhase::Renewing => extend_or_rediscover(&self.config, held, held.lease.server),
+                LeasePhase::Rebinding => extend_or_rediscover(&self.config, held, Ipv4Addr::BROADCAST),
+                LeasePhase::Expired => rediscover(&self.config, held),
+            };
+            match result {
+                Ok(lease) => {
+                    let length = lease.lease_seconds.map_or_else(|| "ever".to_string(), |s| format!("{s}s"));
+                    log!("{}: lease on {} ({phase:?}) now runs for {length}", held.nic.name, lease.address);
+                    dns_changed |= lease.dns_servers != held.lease.dns_servers;
+                    held.lease = lease;
+                    held.granted = now;
+                    held.retry_at = None;
+                }
+                Err(error) => {
+                    let delay = dhcp::retry_delay(held.lease.lease_seconds, elapsed);
+                    log!("{}: {phase:?}: {}; retrying in {}s", held.nic.name, error_chain(&error), delay.as_secs());
+                    held.retry_at = Some(now + delay);
+                }
+            }
+        }
+        if dns_changed {
+            if let Err(error) = write_resolv_conf(&self.config.resolv_conf, &self.held) {
+                log!("{}", error_chain(&error));
+            }
+        }
+    }
+}
+
+/// Asks `to` to extend the held lease; a refusal means starting over with DISCOVER.
+fn extend_or_rediscover(config: &NetworkConfig, held: &HeldLease, to: Ipv4Addr) -> Result<Lease, NicError> {
+    match dhcp::extend_lease(&held.nic.name, mac_of(&held.nic)?, &held.lease, to, &config.dhcp_timeouts) {
+        Ok(lease) => {
+            reapply_if_changed(held, &lease)?;
+            Ok(lease)
+        }
+        Err(error @ DhcpError::Refused { .. }) => {
+            log!("{}: {}; starting over", held.nic.name, error_chain(&error));
+            rediscover(config, held)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn rediscover(config: &NetworkConfig, held: &HeldLease) -> Result<Lease, NicError> {
+    let lease = dhcp::obtain_lease(&held.nic.name, mac_of(&held.nic)?, &config.dhcp_timeouts)?;
+    reapply_if_changed(held, &lease)?;
+    Ok(lease)
+}
+
+/// Puts a new address on the NIC (and the default route back, which the kernel drops
+/// with the old address); an unchanged one is left alone.
+fn reapply_if_changed(held: &HeldLease, lease: &Lease) -> Result<(), NetifError> {
+    if (lease.address, lease.netmask) == (held.lease.address, held.lease.netmask) {
+        return Ok(());
+    }
+    log!("{}: address changes from {} to {}/{}", held.nic.name, held.lease.address, lease.address, lease.prefix_len());
+    apply_lease(&held.nic.name, lease, held.default_route)
 }
 
 /// resolv.conf text naming the DNS servers.
@@ -222,8 +344,74 @@ mod tests {
             dhcp_timeouts: Vec::new(),
         };
         let started = Instant::now();
-        let error = choose_nics(&config).unwrap_err();
+        let error = choose_nics(&config, &mut || {}).unwrap_err();
         assert!(matches!(error, NetworkError::BootNicMissing { ref mac, .. } if mac == "52:54:00:00:00:02"), "{error}");
         assert!(started.elapsed() >= Duration::from_millis(300), "gave up before the wait was over");
+    }
+
+    fn config_for(net: &Path, boot_mac: Option<&str>, carrier_wait: Duration) -> NetworkConfig {
+        NetworkConfig {
+            sys_class_net: net.to_path_buf(),
+            resolv_conf: net.join("resolv.conf"),
+            boot_mac: boot_mac.map(str::to_string),
+            nic_wait: Duration::from_secs(5),
+            carrier_wait,
+            dhcp_timeouts: Vec::new(),
+        }
+    }
+
+    /// A NIC as sysfs shows it, with a link. The names exist on no host, so bringing them
+    /// up fails (logged) and touches nothing real.
+    fn fake_nic(net: &Path, name: &str, mac: &str) {
+        let dir = net.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (file, text) in [("type", "1\n"), ("address", &format!("{mac}\n")), ("carrier", "1\n")] {
+            std::fs::write(dir.join(file), text).unwrap();
+        }
+    }
+
+    #[test]
+    fn boot_nic_whose_driver_loads_late_is_found() {
+        let net = tempfile::tempdir().unwrap();
+        let config = config_for(net.path(), Some("52:54:00:00:00:07"), Duration::from_secs(5));
+        let mut driver_passes = 0;
+        // The third driver pass "loads the driver" that creates the interface.
+        let mut load_drivers = || {
+            driver_passes += 1;
+            if driver_passes == 3 {
+                fake_nic(net.path(), "ferrictest7", "52:54:00:00:00:07");
+            }
+        };
+        let nics = choose_nics(&config, &mut load_drivers).unwrap();
+        assert_eq!(nics, [Nic { name: "ferrictest7".into(), mac: "52:54:00:00:00:07".into() }]);
+        assert_eq!(driver_passes, 3, "found on the pass that created it, and ready at once");
+    }
+
+    #[test]
+    fn without_bootif_nics_appearing_before_the_carrier_wait_ends_count() {
+        let net = tempfile::tempdir().unwrap();
+        fake_nic(net.path(), "ferrictest1", "52:54:00:00:00:01");
+        let config = config_for(net.path(), None, Duration::from_millis(800));
+        let mut driver_passes = 0;
+        let mut load_drivers = || {
+            driver_passes += 1;
+            if driver_passes == 3 {
+                fake_nic(net.path(), "ferrictest0", "52:54:00:00:00:02");
+            }
+        };
+        let started = Instant::now();
+        let nics = choose_nics(&config, &mut load_drivers).unwrap();
+        let names: Vec<&str> = nics.iter().map(|nic| nic.name.as_str()).collect();
+        assert_eq!(names, ["ferrictest0", "ferrictest1"]);
+        assert!(started.elapsed() >= Duration::from_millis(800), "stopped polling before the carrier wait ended");
+    }
+
+    #[test]
+    fn without_bootif_and_without_links_the_step_fails() {
+        let net = tempfile::tempdir().unwrap();
+        fake_nic(net.path(), "ferrictest2", "52:54:00:00:00:03");
+        std::fs::write(net.path().join("ferrictest2/carrier"), "0\n").unwrap();
+        let config = config_for(net.path(), None, Duration::from_millis(300));
+        assert!(matches!(choose_nics(&config, &mut || {}), Err(NetworkError::NoCarrier { .. })));
     }
 }
