@@ -32,6 +32,11 @@ pub enum Error {
     Forbidden(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("Node {node} is locked by host {host}, please retry after the current operation is completed.")]
+    NodeLocked { node: String, host: String },
+    /// A missing or wrong credential on an API that requires one.
+    #[error("{0}")]
+    Unauthorized(String),
     #[error("{0}")]
     NotAcceptable(String),
     #[error("An internal error occurred; see the controller's log.")]
@@ -53,7 +58,8 @@ impl Error {
                 StatusCode::BAD_REQUEST
             }
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
-            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Conflict(_) | Error::NodeLocked { .. } => StatusCode::CONFLICT,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             Error::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

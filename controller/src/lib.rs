@@ -4,6 +4,7 @@
 pub mod agent_token;
 pub mod api;
 pub mod boot;
+pub mod cli;
 pub mod conductor;
 pub mod error;
 pub mod fsm;
@@ -48,6 +49,8 @@ pub struct Config {
     pub kernel_args: String,
     /// This controller's name in node history and the node's `conductor` field.
     pub conductor_name: String,
+    /// Who may call the API (the agent's endpoints are always open).
+    pub auth: api::auth::ApiAuth,
 }
 
 impl Config {
@@ -62,6 +65,7 @@ impl Config {
             heartbeat_interval: Duration::from_secs(DEFAULT_HEARTBEAT_INTERVAL_SECS),
             kernel_args: DEFAULT_KERNEL_ARGS.to_owned(),
             conductor_name: "ferric".to_owned(),
+            auth: api::auth::ApiAuth::NoAuth,
         }
     }
 }
@@ -95,6 +99,12 @@ pub enum ServeError {
 /// until the server fails (or the future is dropped).
 pub async fn serve(config: Config, listener: TcpListener) -> Result<(), ServeError> {
     let state = AppState::open(config)?;
+    // As Ironic's conductor on start: this controller's earlier life finished none of its actions.
+    let owner = state.config.conductor_name.clone();
+    let released = state.store.run(move |tx| tx.release_reservations_of(&owner)).await?;
+    if released > 0 {
+        tracing::info!(released, "released node locks left by a previous run");
+    }
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, public_url = %state.config.public_url, "controller listening");
     }

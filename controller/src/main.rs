@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use ferric_controller::api::auth::ApiAuth;
 use ferric_controller::{
     serve, Config, DEFAULT_DEPLOY_CALLBACK_TIMEOUT_SECS, DEFAULT_HEARTBEAT_INTERVAL_SECS, DEFAULT_KERNEL_ARGS,
 };
@@ -46,6 +47,24 @@ struct ServeArgs {
     /// Extra kernel arguments of the ramdisk.
     #[arg(long, default_value = DEFAULT_KERNEL_ARGS)]
     kernel_args: String,
+    /// API authentication, as Ironic's `auth_strategy` (the agent's endpoints use agent tokens).
+    #[arg(long, value_enum, default_value_t = AuthStrategy::Noauth)]
+    auth_strategy: AuthStrategy,
+    /// Apache htpasswd file with bcrypt entries (`user:$2y$...`), for http_basic.
+    #[arg(long)]
+    htpasswd: Option<PathBuf>,
+    /// File with one API bearer token per line, accepted alongside http_basic credentials.
+    #[arg(long)]
+    bearer_tokens: Option<PathBuf>,
+}
+
+#[derive(Clone, clap::ValueEnum)]
+#[clap(rename_all = "snake_case")]
+enum AuthStrategy {
+    /// No authentication, for local use.
+    Noauth,
+    /// HTTP basic (htpasswd) and/or bearer tokens.
+    HttpBasic,
 }
 
 #[tokio::main]
@@ -58,6 +77,14 @@ async fn main() -> anyhow::Result<()> {
     config.deploy_callback_timeout = Duration::from_secs(args.deploy_callback_timeout);
     config.heartbeat_interval = Duration::from_secs(args.heartbeat_interval);
     config.kernel_args = args.kernel_args;
+    config.auth = match args.auth_strategy {
+        AuthStrategy::Noauth if args.htpasswd.is_some() || args.bearer_tokens.is_some() => {
+            anyhow::bail!("--htpasswd and --bearer-tokens need --auth-strategy http_basic")
+        }
+        AuthStrategy::Noauth => ApiAuth::NoAuth,
+        AuthStrategy::HttpBasic => ApiAuth::from_files(args.htpasswd.as_deref(), args.bearer_tokens.as_deref())
+            .context("cannot load the API credentials")?,
+    };
     if let Ok(hostname) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
         config.conductor_name = hostname.trim().to_owned();
     }

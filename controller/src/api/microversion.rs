@@ -27,6 +27,7 @@ pub const RAID_CONFIG: u32 = 12;
 pub const STATES_LINK: u32 = 14;
 pub const DRIVER_FILTER: u32 = 16;
 pub const LOOKUP_HEARTBEAT: u32 = 22;
+pub const SOFT_POWER_OFF: u32 = 27;
 pub const INSPECT_WAIT: u32 = 39;
 pub const DETAIL_QUERY: u32 = 43;
 pub const NODE_BOOT_MODE: u32 = 75;

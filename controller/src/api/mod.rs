@@ -1,12 +1,15 @@
 //! The HTTP surface: Ironic's `/` and `/v1` API (with microversions and Ironic's error
 //! bodies), the agent's lookup and heartbeat, and the boot files.
 
+pub mod auth;
+mod lock;
 pub mod microversion;
 mod node_fields;
 mod node_view;
 mod nodes;
 mod patch;
 mod ports;
+mod power;
 mod provision;
 mod ramdisk;
 mod root;
@@ -44,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/nodes/{node}/ports", get(ports::list_for_node))
         .route("/v1/nodes/{node}/states", get(provision::states))
         .route("/v1/nodes/{node}/states/provision", put(provision::set_provision_state))
+        .route("/v1/nodes/{node}/states/power", put(power::set_power_state))
         .route("/v1/nodes/{node}/history", get(provision::history))
         .route("/v1/nodes/{node}/inventory", get(provision::inventory))
         .route("/v1/ports", get(ports::list).post(ports::create))
@@ -53,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/heartbeat/{node}", post(ramdisk::heartbeat));
     api.merge(crate::boot::router(&state.config))
         .fallback(|| async { Error::ResourceNotFound })
+        .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .layer(middleware::from_fn(ironic_api))
         .layer(middleware::from_fn(log_request))
         .with_state(state)

@@ -82,7 +82,7 @@ pub fn parse_fields(text: &str, version: ApiVersion) -> Result<Vec<String>, Erro
 /// Renders a node. `selection` limits the fields (links always stay), `None` shows all.
 pub fn render(node: &Node, version: ApiVersion, base_url: &str, conductor: &str, selection: Option<&[&str]>) -> Value {
     let wanted = |name: &str| selection.is_none_or(|names| names.contains(&name));
-    let Ok(Value::Object(stored)) = serde_json::to_value(node) else {
+    let Ok(Value::Object(mut stored)) = serde_json::to_value(node) else {
         unreachable!("a node serialises to an object");
     };
     let mut out = Map::new();
@@ -100,7 +100,8 @@ pub fn render(node: &Node, version: ApiVersion, base_url: &str, conductor: &str,
             "conductor" => Value::String(conductor.to_owned()),
             _ => match name.strip_suffix("_interface") {
                 Some(kind) => node.interfaces.get(kind).cloned().unwrap_or(Value::Null),
-                None => stored.get(name).cloned().unwrap_or(Value::Null),
+                // Each field is rendered once, so it can be moved out rather than cloned.
+                None => stored.remove(name).unwrap_or(Value::Null),
             },
         };
         out.insert(name.to_owned(), value);

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
-use serde_json::{json, Value};
+use serde_json::{Map, Value};
 
 use super::microversion::{self, ApiVersion};
 use super::node_fields::{self, WritableField, WRITABLE_FIELDS};
@@ -181,7 +181,8 @@ async fn list_nodes(
     let selection = if detail { None } else { Some(names.as_slice()) };
     let rendered: Vec<Value> =
         nodes.iter().map(|node| node_view::render(node, version, &base, state.conductor.name(), selection)).collect();
-    let mut body = json!({ "nodes": rendered });
+    // Not `json!`, which would deep-copy every rendered node through `to_value`.
+    let mut body = Value::Object(Map::from_iter([("nodes".to_owned(), Value::Array(rendered))]));
     if let (true, Some(last)) = (nodes.len() == limit, nodes.last()) {
         let path = if detail_path { "/v1/nodes/detail" } else { "/v1/nodes" };
         body["next"] = Value::String(next_url(&base, path, &query, limit, &last.uuid));

@@ -199,7 +199,8 @@ async fn list_ports(
         (None, false) => Some(defaults.as_slice()),
     };
     let rendered: Vec<Value> = ports.iter().map(|port| render(port, version, &base, selection)).collect();
-    Ok(Json(json!({ "ports": rendered })))
+    // Not `json!`, which would deep-copy every rendered port through `to_value`.
+    Ok(Json(Value::Object(Map::from_iter([("ports".to_owned(), Value::Array(rendered))]))))
 }
 
 fn port_uuid(ident: &str) -> Result<String, Error> {

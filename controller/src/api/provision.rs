@@ -9,8 +9,7 @@ use chrono::Utc;
 use serde_json::{json, Value};
 
 use super::microversion::{self, ApiVersion};
-use super::node_view;
-use super::{BaseUrl, JsonBody, NodeIdent};
+use super::{lock, node_view, BaseUrl, JsonBody, NodeIdent};
 use crate::error::Error;
 use crate::fsm::{ProvisionState, Verb};
 use crate::AppState;
@@ -56,16 +55,13 @@ pub async fn set_provision_state(
     version.require(verb.min_api_minor())?;
     let node_ident = NodeIdent::parse(&ident, version)?;
     let conductor = state.conductor.clone();
-    let node = state
-        .store
-        .run(move |tx| {
-            let node = node_ident.load(tx)?;
-            if verb == Verb::Abort && node.provision_state == ProvisionState::DeployWait {
-                version.require(microversion::ABORT_DEPLOY_WAIT)?;
-            }
-            conductor.provision(tx, node, verb, Utc::now())
-        })
-        .await?;
+    let node = lock::with_node_locked(&state, node_ident, move |tx, node| {
+        if verb == Verb::Abort && node.provision_state == ProvisionState::DeployWait {
+            version.require(microversion::ABORT_DEPLOY_WAIT)?;
+        }
+        conductor.provision(tx, node, verb, Utc::now())
+    })
+    .await?;
     tracing::info!(node = %node.uuid, target = %target, state = %node.provision_state, "provisioning action applied");
     let location = format!("{base}/v1/nodes/{ident}/states");
     Ok((StatusCode::ACCEPTED, [(LOCATION, location)]).into_response())

@@ -85,4 +85,8 @@ pub const MIGRATIONS: &[&str] = &[
         created_at TEXT NOT NULL
     );
     "#,
+    // 2: when a node's reservation (its lock, `nodes.reservation` naming the holder) lapses.
+    r#"
+    ALTER TABLE nodes ADD COLUMN reservation_expires_at TEXT;
+    "#,
 ];
