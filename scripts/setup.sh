@@ -49,3 +49,14 @@ else
     mkdir -p "$kernel_cache"
     (cd "$kernel_cache" && apt-get download "$kernel_package")
 fi
+
+# The real `baremetal` CLI (python-ironicclient), which the compatibility test drives against the controller.
+venv=.venv
+if "$venv/bin/baremetal" --version >/dev/null 2>&1; then
+    echo "setup: python-ironicclient present in $venv"
+else
+    echo "setup: installing python-ironicclient into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet python-ironicclient
+    "$venv/bin/baremetal" --version
+fi
