@@ -119,6 +119,8 @@ pub enum Command {
     Reboot,
     /// Flush and power the node off (IPA's `standby.power_off`).
     PowerOff,
+    /// Run one clean step (IPA's `clean.execute_clean_step`).
+    ExecuteCleanStep { step: CleanStep },
 }
 
 impl Command {
@@ -128,8 +130,18 @@ impl Command {
             Command::WriteImage { .. } => "write_image",
             Command::Reboot => "reboot",
             Command::PowerOff => "power_off",
+            Command::ExecuteCleanStep { .. } => "execute_clean_step",
         }
     }
+}
+
+/// A clean step as Ironic names it: `{"interface": "deploy", "step": "erase_devices_metadata", "args": {}}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CleanStep {
+    pub interface: String,
+    pub step: String,
+    #[serde(default)]
+    pub args: Value,
 }
 
 /// IPA's `image_info`, the subset Ferric uses.
@@ -211,6 +223,15 @@ mod tests {
         assert_eq!(back, task);
         let reboot = serde_json::to_value(Command::Reboot).unwrap();
         assert_eq!(reboot["command_name"], "reboot");
+    }
+
+    #[test]
+    fn clean_steps_travel_with_interface_step_and_args() {
+        let step = CleanStep { interface: "deploy".into(), step: "erase_devices".into(), args: serde_json::json!({}) };
+        let json = serde_json::to_value(Command::ExecuteCleanStep { step: step.clone() }).unwrap();
+        assert_eq!(json["command_name"], "execute_clean_step");
+        assert_eq!(json["params"]["step"]["step"], "erase_devices");
+        assert_eq!(serde_json::from_value::<Command>(json).unwrap(), Command::ExecuteCleanStep { step });
     }
 
     #[test]
