@@ -1,5 +1,5 @@
 //! What Ironic's conductor does, minus hardware: provisioning actions, agent lookup and
-//! heartbeat dispatch, and the deploy call-back timeout. Every function runs inside one
+//! heartbeat dispatch, and the call-back timeouts. Every function runs inside one
 //! store transaction, so each change to a node is atomic.
 
 use std::convert::Infallible;
@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ferric_protocol::{
-    Command, CommandStatus, Heartbeat, HeartbeatResponse, ImageInfo, LookupConfig, LookupNode, LookupResponse, Task,
-    MASKED_TOKEN,
+    CleanStep, Command, CommandStatus, Heartbeat, HeartbeatResponse, ImageInfo, Inventory, LookupConfig, LookupNode,
+    LookupResponse, Task, MASKED_TOKEN,
 };
 use serde_json::{json, Value};
 use tokio::time::MissedTickBehavior;
@@ -34,13 +34,24 @@ pub const AGENT_LOG_TAIL: &str = "agent_log_tail";
 pub const AGENT_COMMAND: &str = "agent_command";
 /// The task assigned to the agent and not yet reported finished.
 pub const AGENT_TASK: &str = "agent_task";
+/// `driver_internal_info` keys of a manual cleaning: the requested steps and the one running (Ironic's names).
+pub const CLEAN_STEPS: &str = "clean_steps";
+pub const CLEAN_STEP_INDEX: &str = "clean_step_index";
+/// Interfaces a clean step may name (Ironic's clean step schema, minus those without steps here).
+pub const CLEAN_STEP_INTERFACES: &[&str] = &["deploy", "power", "management", "bios", "raid", "firmware", "vendor"];
+/// Ironic's `fault` for a node put in maintenance by a failed clean step.
+pub const FAULT_CLEAN_FAILURE: &str = "clean failure";
+const INSPECTION_ABORTED: &str = "Inspection was aborted by request.";
+const INSPECTION_TIMED_OUT: &str = "timeout reached while inspecting the node";
 
 /// History `event_type`s.
 const EVENT_TYPE_PROVISIONING: &str = "provisioning";
 const EVENT_TYPE_DEPLOY: &str = "deploy";
+const EVENT_TYPE_CLEANING: &str = "cleaning";
+const EVENT_TYPE_INSPECTION: &str = "introspection";
 
 /// Runs operations on nodes with the controller's settings (its name, the heartbeat
-/// interval and the deploy call-back timeout).
+/// interval and the call-back timeouts).
 #[derive(Debug, Clone)]
 pub struct Conductor {
     config: Arc<Config>,
@@ -80,6 +91,7 @@ impl Conductor {
                 }
             }
             Verb::Provide => {
+                wipe_agent_state(&mut node);
                 node.last_error = None;
                 change.apply(&mut node, event, &requested)?;
                 change.apply(&mut node, Event::Done, "Cleaning finished: no clean steps yet")?;
@@ -111,10 +123,34 @@ impl Conductor {
                 change.apply(&mut node, Event::Clean, "Tear down finished: instance_info cleared")?;
                 change.apply(&mut node, Event::Done, "Cleaning finished: no clean steps yet")?;
             }
+            Verb::Inspect => {
+                wipe_agent_state(&mut node);
+                node.last_error = None;
+                node.inspection_started_at = Some(timestamp(now));
+                node.inspection_finished_at = None;
+                change.apply(&mut node, event, &requested)?;
+                change.apply(&mut node, Event::Wait, "Waiting for the agent to send the inventory")?;
+            }
+            Verb::Clean => return Err(clean_steps_required()),
             Verb::Abort if node.provision_state == ProvisionState::DeployWait => {
                 node.last_error = Some("Deploy aborted".to_owned());
                 end_agent_work(&mut node);
                 change.apply(&mut node, event, &requested)?;
+            }
+            Verb::Abort if node.provision_state == ProvisionState::InspectWait => {
+                node.last_error = Some(INSPECTION_ABORTED.to_owned());
+                end_agent_work(&mut node);
+                change.transition(&mut node, event, Severity::Error, EVENT_TYPE_INSPECTION, INSPECTION_ABORTED)?;
+            }
+            Verb::Abort if node.provision_state == ProvisionState::CleanWait => {
+                // Ironic's `get_last_error`: the step named is the one running or just finished.
+                let mut reason = "By request, the clean operation was aborted".to_owned();
+                if let Some(step) = step_id(&node.clean_step) {
+                    reason.push_str(&format!(" during or after the completion of step \"{step}\""));
+                }
+                node.last_error = Some(reason.clone());
+                end_cleaning(&mut node);
+                change.transition(&mut node, event, Severity::Error, EVENT_TYPE_CLEANING, &reason)?;
             }
             _ => {
                 return Err(Error::Invalid(format!(
@@ -123,6 +159,29 @@ impl Conductor {
                 )))
             }
         }
+        change.save(&mut node)?;
+        Ok(node)
+    }
+
+    /// Starts manual cleaning (`clean` with `clean_steps`, checked by the API): the agent runs
+    /// the steps one by one from its heartbeats, and the node returns to `manageable`.
+    pub fn clean(&self, tx: &Tx<'_>, mut node: Node, steps: &[CleanStep], now: DateTime<Utc>) -> Result<Node, Error> {
+        if fsm::next_state(node.provision_state, Event::Clean).is_none() {
+            return Err(invalid_state(&node, Verb::Clean.as_str()));
+        }
+        if node.maintenance {
+            return Err(Error::Invalid(format!(
+                "The cleaning operation can't be performed on node {} because it's in maintenance mode.",
+                node.uuid
+            )));
+        }
+        let change = Change { tx, conductor: self, now };
+        wipe_agent_state(&mut node);
+        end_cleaning(&mut node);
+        node.last_error = None;
+        node.driver_internal_info.insert(CLEAN_STEPS.to_owned(), to_json(&steps));
+        change.apply(&mut node, Event::Clean, "Provisioning action \"clean\" requested")?;
+        change.apply(&mut node, Event::Wait, "Waiting for the agent to call back")?;
         change.save(&mut node)?;
         Ok(node)
     }
@@ -178,7 +237,16 @@ impl Conductor {
                 node.provision_updated_at = Some(timestamp(now));
                 change.dispatch_deploy(&mut node, &heartbeat)?
             }
-            ProvisionState::Active => pending_reboot(&mut node, &heartbeat),
+            ProvisionState::CleanWait => {
+                node.provision_updated_at = Some(timestamp(now));
+                change.dispatch_clean(&mut node, &heartbeat)?
+            }
+            // Not a call-back renewing the wait: Ironic times inspection from its start.
+            ProvisionState::InspectWait => match &heartbeat.inventory {
+                Some(inventory) => change.finish_inspection(&mut node, inventory)?,
+                None => Dispatch::report_only(None),
+            },
+            ProvisionState::Active | ProvisionState::Manageable => pending_final_task(&mut node, &heartbeat),
             _ => Dispatch::report_only(None),
         };
         match changed {
@@ -191,32 +259,52 @@ impl Conductor {
         Ok(HeartbeatResponse { task, heartbeat_interval: self.heartbeat_interval_secs() })
     }
 
-    /// Fails deploys whose agent has not called back within the deploy call-back timeout.
+    /// Fails nodes whose agent has not called back in time: deploys and cleanings after their
+    /// call-back timeout since the last heartbeat, inspections after theirs since the start.
     /// Returns the UUIDs of the nodes failed.
-    pub fn fail_expired_deploys(&self, tx: &Tx<'_>, now: DateTime<Utc>) -> Result<Vec<String>, Error> {
-        let timeout = chrono::Duration::from_std(self.config.deploy_callback_timeout).unwrap_or(chrono::Duration::MAX);
-        let cutoff = now.checked_sub_signed(timeout).unwrap_or(DateTime::<Utc>::MIN_UTC);
+    pub fn fail_expired_waits(&self, tx: &Tx<'_>, now: DateTime<Utc>) -> Result<Vec<String>, Error> {
+        type Fail = fn(&Change<'_, '_>, &mut Node) -> Result<(), Error>;
+        let waits: [(ProvisionState, Duration, Fail); 3] = [
+            (ProvisionState::DeployWait, self.config.deploy_callback_timeout, |change, node| {
+                let reason = format!("Timeout reached while waiting for callback for node {}", node.uuid);
+                change.fail_deploy(node, &reason)
+            }),
+            (ProvisionState::CleanWait, self.config.clean_callback_timeout, |change, node| {
+                let reason = format!(
+                    "Timeout reached while cleaning the node. Please check if the ramdisk responsible for the \
+                     cleaning is running on the node. Failed on step {}.",
+                    Value::Object(node.clean_step.clone())
+                );
+                change.fail_clean(node, &reason)
+            }),
+            (ProvisionState::InspectWait, self.config.inspect_wait_timeout, |change, node| {
+                change.fail_inspection(node, INSPECTION_TIMED_OUT)
+            }),
+        ];
         let change = Change { tx, conductor: self, now };
         let mut failed = Vec::new();
-        for mut node in tx.nodes_in_state_since(ProvisionState::DeployWait, &timestamp(cutoff))? {
-            let reason = format!("Timeout reached while waiting for callback for node {}", node.uuid);
-            change.fail_deploy(&mut node, &reason)?;
-            change.save(&mut node)?;
-            failed.push(node.uuid);
+        for (state, timeout, fail) in waits {
+            let timeout = chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+            let cutoff = now.checked_sub_signed(timeout).unwrap_or(DateTime::<Utc>::MIN_UTC);
+            for mut node in tx.nodes_in_state_since(state, &timestamp(cutoff))? {
+                fail(&change, &mut node)?;
+                change.save(&mut node)?;
+                failed.push(node.uuid);
+            }
         }
         Ok(failed)
     }
 }
 
-/// Periodically fails deploys whose agent stopped calling back; never returns.
-pub async fn watch_deploy_timeouts(store: Store, conductor: Conductor, every: Duration) -> Infallible {
+/// Periodically fails nodes whose agent stopped calling back; never returns.
+pub async fn watch_callback_timeouts(store: Store, conductor: Conductor, every: Duration) -> Infallible {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         let checker = conductor.clone();
-        if let Err(error) = store.run(move |tx| checker.fail_expired_deploys(tx, Utc::now())).await {
-            tracing::error!(error = %error_chain(&error), "checking deploy call-back timeouts failed");
+        if let Err(error) = store.run(move |tx| checker.fail_expired_waits(tx, Utc::now())).await {
+            tracing::error!(error = %error_chain(&error), "checking call-back timeouts failed");
         }
     }
 }
@@ -269,7 +357,13 @@ impl Change<'_, '_> {
         let from = node.provision_state;
         let to = fsm::next_state(from, event).ok_or_else(|| invalid_state(node, event.as_str()))?;
         node.provision_state = to;
-        node.target_provision_state = to.default_target();
+        // A manual cleaning keeps the target it started with, `manageable`, to its end.
+        let manual_clean = (from == ProvisionState::Manageable && event == Event::Clean)
+            || (is_cleaning(from) && node.target_provision_state == Some(ProvisionState::Manageable));
+        node.target_provision_state = match to.default_target() {
+            Some(ProvisionState::Available) if manual_clean && is_cleaning(to) => Some(ProvisionState::Manageable),
+            target => target,
+        };
         node.provision_updated_at = Some(timestamp(self.now));
         tracing::info!(node = %node.uuid, %from, %to, %event, "{cause}");
         self.record(node, severity, event_type, cause, Some(from), Some(to))
@@ -313,6 +407,91 @@ impl Change<'_, '_> {
         self.transition(node, Event::Fail, Severity::Error, EVENT_TYPE_DEPLOY, reason)
     }
 
+    /// Moves a node in `clean wait` to `clean failed` with `reason` as its last error. A failure
+    /// during a step also puts the node in maintenance, as Ironic's `cleaning_error_handler`.
+    fn fail_clean(&self, node: &mut Node, reason: &str) -> Result<(), Error> {
+        tracing::warn!(node = %node.uuid, "{reason}");
+        if !node.clean_step.is_empty() {
+            node.maintenance = true;
+            node.maintenance_reason = Some(reason.to_owned());
+            node.fault = Some(FAULT_CLEAN_FAILURE.to_owned());
+        }
+        node.last_error = Some(reason.to_owned());
+        end_cleaning(node);
+        self.transition(node, Event::Fail, Severity::Error, EVENT_TYPE_CLEANING, reason)
+    }
+
+    /// Moves a node in `inspect wait` to `inspect failed` with `reason` as its last error.
+    fn fail_inspection(&self, node: &mut Node, reason: &str) -> Result<(), Error> {
+        tracing::warn!(node = %node.uuid, "{reason}");
+        node.last_error = Some(reason.to_owned());
+        end_agent_work(node);
+        self.transition(node, Event::Fail, Severity::Error, EVENT_TYPE_INSPECTION, reason)
+    }
+
+    /// Ends an inspection with the agent's inventory: the node's properties are set from it
+    /// and, as Ironic does after inspecting, the agent powers the node off.
+    fn finish_inspection(&self, node: &mut Node, inventory: &Inventory) -> Result<Dispatch, Error> {
+        self.apply(node, Event::Resume, "Inventory received from the agent")?;
+        set_properties_from_inventory(node, inventory);
+        node.inspection_finished_at = Some(timestamp(self.now));
+        self.apply(node, Event::Done, "Inspection finished: powering the node off")?;
+        Ok(Dispatch::node_changed(Some(assign_final_task(node, Command::PowerOff))))
+    }
+
+    /// The manual cleaning's next task for a heartbeat in `clean wait`.
+    fn dispatch_clean(&self, node: &mut Node, heartbeat: &Heartbeat) -> Result<Dispatch, Error> {
+        let index = node.driver_internal_info.get(CLEAN_STEP_INDEX).and_then(Value::as_u64).unwrap_or(0) as usize;
+        let Some(task) = assigned_task(node) else {
+            return self.send_clean_step(node, index);
+        };
+        let Some(report) = heartbeat.command.as_ref().filter(|command| command.id == task.id) else {
+            // The agent does not know the task (it restarted, or missed the answer): send it again.
+            return Ok(Dispatch::report_only(Some(task)));
+        };
+        let step = step_id(&node.clean_step).unwrap_or_default();
+        match report.command_status {
+            CommandStatus::Running => Ok(Dispatch::report_only(None)),
+            CommandStatus::Failed => {
+                let error = report.command_error.as_deref().unwrap_or("the agent gave no reason");
+                self.fail_clean(node, &format!("Clean step {step} failed: {error}"))?;
+                Ok(Dispatch::node_changed(None))
+            }
+            CommandStatus::Succeeded => {
+                node.driver_internal_info.remove(AGENT_TASK);
+                self.apply(node, Event::Resume, &format!("Clean step {step} succeeded"))?;
+                if index + 1 < clean_steps(node).len() {
+                    self.apply(node, Event::Wait, "Waiting for the agent to run the next clean step")?;
+                }
+                self.send_clean_step(node, index + 1)
+            }
+        }
+    }
+
+    /// Sends step `index` of the manual cleaning to the agent, or, past the last step, ends
+    /// the cleaning in `manageable` and has the agent power the node off (Ironic's tear down).
+    fn send_clean_step(&self, node: &mut Node, index: usize) -> Result<Dispatch, Error> {
+        let Some(step) = clean_steps(node).into_iter().nth(index) else {
+            if node.provision_state == ProvisionState::CleanWait {
+                self.apply(node, Event::Resume, "No clean step left")?;
+            }
+            end_cleaning(node);
+            self.apply(node, Event::Manage, "Manual cleaning finished: powering the node off")?;
+            return Ok(Dispatch::node_changed(Some(assign_final_task(node, Command::PowerOff))));
+        };
+        node.clean_step = json_object(to_json(&step));
+        node.driver_internal_info.insert(CLEAN_STEP_INDEX.to_owned(), Value::from(index));
+        let task = Task { id: uuid::Uuid::new_v4().to_string(), command: Command::ExecuteCleanStep { step } };
+        assign_task(node, &task);
+        let event = format!(
+            "Clean step {} sent to the agent as task {}",
+            step_id(&node.clean_step).unwrap_or_default(),
+            task.id
+        );
+        self.record(node, Severity::Info, EVENT_TYPE_CLEANING, &event, None, None)?;
+        Ok(Dispatch::node_changed(Some(task)))
+    }
+
     /// The deploy's next task for a heartbeat in `wait call-back`.
     fn dispatch_deploy(&self, node: &mut Node, heartbeat: &Heartbeat) -> Result<Dispatch, Error> {
         let Some(task) = assigned_task(node) else {
@@ -345,13 +524,15 @@ impl Change<'_, '_> {
                 node.deploy_step = JsonObject::new();
                 node.last_error = None;
                 self.apply(node, Event::Done, "Deployment finished: rebooting into the instance")?;
-                // The token stays valid until the agent acknowledges the reboot (see `pending_reboot`).
-                let reboot = Task { id: uuid::Uuid::new_v4().to_string(), command: Command::Reboot };
-                assign_task(node, &reboot);
-                Ok(Dispatch::node_changed(Some(reboot)))
+                Ok(Dispatch::node_changed(Some(assign_final_task(node, Command::Reboot))))
             }
         }
     }
+}
+
+/// Ironic's refusal of `clean` without `clean_steps`: manual cleaning runs exactly the steps given.
+pub fn clean_steps_required() -> Error {
+    Error::Invalid("\"clean_steps\" is required when setting target provision state to clean".to_owned())
 }
 
 /// Ironic's `NodeProtected`.
@@ -431,11 +612,13 @@ fn record_heartbeat(node: &mut Node, heartbeat: &Heartbeat, now: DateTime<Utc>) 
     }
 }
 
-/// The Reboot sent when the deploy finished, until the agent reports it: an agent that
-/// missed the answer keeps heartbeating on an `active` node and must still reboot. Once it
-/// has reported the reboot, its work is over and its token is wiped.
-fn pending_reboot(node: &mut Node, heartbeat: &Heartbeat) -> Dispatch {
-    let Some(task) = assigned_task(node).filter(|task| task.command == Command::Reboot) else {
+/// The Reboot or PowerOff sent when a deploy, inspection or cleaning finished, until the
+/// agent reports it: an agent that missed the answer keeps heartbeating on a node at rest and
+/// must still reboot or power off. Once it has reported the task, its work is over and its
+/// token is wiped.
+fn pending_final_task(node: &mut Node, heartbeat: &Heartbeat) -> Dispatch {
+    let Some(task) = assigned_task(node).filter(|task| matches!(task.command, Command::Reboot | Command::PowerOff))
+    else {
         return Dispatch::report_only(None);
     };
     if heartbeat.command.as_ref().is_some_and(|command| command.id == task.id) {
@@ -451,6 +634,62 @@ fn assigned_task(node: &Node) -> Option<Task> {
 
 fn assign_task(node: &mut Node, task: &Task) {
     node.driver_internal_info.insert(AGENT_TASK.to_owned(), to_json(task));
+}
+
+/// Assigns the agent's last task of an operation; the token stays valid until the agent
+/// acknowledges it (see [`pending_final_task`]).
+fn assign_final_task(node: &mut Node, command: Command) -> Task {
+    let task = Task { id: uuid::Uuid::new_v4().to_string(), command };
+    assign_task(node, &task);
+    task
+}
+
+fn is_cleaning(state: ProvisionState) -> bool {
+    matches!(
+        state,
+        ProvisionState::Cleaning | ProvisionState::CleanWait | ProvisionState::CleanFailed | ProvisionState::CleanHold
+    )
+}
+
+/// The steps of the manual cleaning under way.
+fn clean_steps(node: &Node) -> Vec<CleanStep> {
+    node.driver_internal_info
+        .get(CLEAN_STEPS)
+        .and_then(|steps| serde_json::from_value(steps.clone()).ok())
+        .unwrap_or_default()
+}
+
+/// Ironic's `step_id`: `interface.step`, or `None` without a step.
+fn step_id(step: &JsonObject) -> Option<String> {
+    let text = |key: &str| step.get(key).and_then(Value::as_str);
+    Some(format!("{}.{}", text("interface")?, text("step")?))
+}
+
+/// Ends a manual cleaning: its steps and the running step are forgotten, and the agent's work ends.
+fn end_cleaning(node: &mut Node) {
+    end_agent_work(node);
+    node.clean_step = JsonObject::new();
+    node.driver_internal_info.remove(CLEAN_STEPS);
+    node.driver_internal_info.remove(CLEAN_STEP_INDEX);
+}
+
+/// Sets `properties` from an inventory as Ironic's inspection does: `cpus`, `memory_mb`,
+/// `cpu_arch`, and `local_gb` from the root disk (the smallest of at least 4 GiB), less the
+/// 1 GiB ironic-inspector leaves for partitioning; 0 without such a disk.
+fn set_properties_from_inventory(node: &mut Node, inventory: &Inventory) {
+    const GIB: u64 = 1 << 30;
+    const MIB: u64 = 1 << 20;
+    let root_disk_gib = inventory.disks.iter().map(|disk| disk.size).filter(|size| *size >= 4 * GIB).min();
+    let local_gb = root_disk_gib.map_or(0, |size| (size / GIB).saturating_sub(1));
+    let memory_mb = match inventory.memory.physical_mb {
+        0 => inventory.memory.total / MIB,
+        physical => physical,
+    };
+    let properties = &mut node.properties;
+    properties.insert("cpus".to_owned(), Value::from(inventory.cpu.count));
+    properties.insert("memory_mb".to_owned(), Value::from(memory_mb));
+    properties.insert("local_gb".to_owned(), Value::from(local_gb));
+    properties.insert("cpu_arch".to_owned(), Value::from(inventory.cpu.architecture.clone()));
 }
 
 /// IPA's `image_info` from the node's `instance_info` and root device hints.
@@ -543,9 +782,9 @@ mod tests {
             assert_eq!(node.provision_state, ProvisionState::DeployWait);
             conductor.lookup(tx, node, start)?;
             assert!(tx.node_by_uuid(UUID)?.unwrap().agent_token_hash.is_some());
-            let early = conductor.fail_expired_deploys(tx, start + chrono::Duration::seconds(30))?;
+            let early = conductor.fail_expired_waits(tx, start + chrono::Duration::seconds(30))?;
             assert!(early.is_empty());
-            let late = conductor.fail_expired_deploys(tx, start + chrono::Duration::seconds(61))?;
+            let late = conductor.fail_expired_waits(tx, start + chrono::Duration::seconds(61))?;
             let node = tx.node_by_uuid(UUID)?.unwrap();
             Ok((late, node))
         })
@@ -611,11 +850,11 @@ mod tests {
             for seconds in [40, 80, 120] {
                 let node = tx.node_by_uuid(UUID)?.unwrap();
                 conductor.heartbeat(tx, node, heartbeat(&token, None), at(seconds))?;
-                assert!(conductor.fail_expired_deploys(tx, at(seconds + 39))?.is_empty(), "failed at {seconds} s");
+                assert!(conductor.fail_expired_waits(tx, at(seconds + 39))?.is_empty(), "failed at {seconds} s");
             }
             let kept = tx.node_by_uuid(UUID)?.unwrap().provision_state;
             // ...and 60 s of silence after the last one fails it.
-            let failed = conductor.fail_expired_deploys(tx, at(181))?;
+            let failed = conductor.fail_expired_waits(tx, at(181))?;
             Ok((kept, failed))
         })
         .await
@@ -727,6 +966,27 @@ mod tests {
             ..before
         };
         assert_eq!(after, unchanged);
+    }
+
+    #[test]
+    fn properties_come_from_the_inventory_as_ironic_sets_them() {
+        use ferric_protocol::inventory::{Cpu, Disk, Memory};
+        const GIB: u64 = 1 << 30;
+        let disk = |size| Disk { name: "/dev/sdx".into(), size, ..Default::default() };
+        let mut inventory = Inventory {
+            cpu: Cpu { count: 8, architecture: "aarch64".into(), ..Default::default() },
+            disks: vec![disk(3 * GIB), disk(64 * GIB), disk(4 * GIB)],
+            memory: Memory { total: 3 * GIB, physical_mb: 0 },
+            ..Default::default()
+        };
+        let mut node = available_node();
+        set_properties_from_inventory(&mut node, &inventory);
+        // The 4 GiB disk is the smallest large enough; without a physical size, memory is the total.
+        let expected = json!({"cpus": 8, "cpu_arch": "aarch64", "local_gb": 3, "memory_mb": 3072});
+        assert_eq!(Value::Object(node.properties.clone()), expected);
+        inventory.disks = vec![disk(3 * GIB)];
+        set_properties_from_inventory(&mut node, &inventory);
+        assert_eq!(node.properties["local_gb"], 0);
     }
 
     /// A report of a task from the agent's previous life.

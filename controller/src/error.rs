@@ -14,6 +14,8 @@ pub enum Error {
     NodeNotFound(String),
     #[error("Port {0} could not be found.")]
     PortNotFound(String),
+    #[error("Could not find the following driver(s) or hardware type(s): {0}.")]
+    DriverNotFound(String),
     #[error("Node inventory for node {0} could not be found.")]
     InventoryNotFound(String),
     /// A path, or an agent lookup that must not reveal why it failed.
@@ -51,9 +53,11 @@ impl Error {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Error::NodeNotFound(_) | Error::PortNotFound(_) | Error::InventoryNotFound(_) | Error::ResourceNotFound => {
-                StatusCode::NOT_FOUND
-            }
+            Error::NodeNotFound(_)
+            | Error::PortNotFound(_)
+            | Error::DriverNotFound(_)
+            | Error::InventoryNotFound(_)
+            | Error::ResourceNotFound => StatusCode::NOT_FOUND,
             Error::Invalid(_) | Error::InvalidStateRequested { .. } | Error::InvalidAgentToken => {
                 StatusCode::BAD_REQUEST
             }

@@ -28,6 +28,10 @@ pub use crate::api::router;
 pub const DEFAULT_KERNEL_ARGS: &str = "console=tty0 console=ttyS0,115200n8";
 /// Ironic's `[conductor]deploy_callback_timeout`: seconds a node may wait for its agent.
 pub const DEFAULT_DEPLOY_CALLBACK_TIMEOUT_SECS: u64 = 1800;
+/// Ironic's `[conductor]clean_callback_timeout`: seconds a node may wait in `clean wait`.
+pub const DEFAULT_CLEAN_CALLBACK_TIMEOUT_SECS: u64 = 1800;
+/// Ironic's `[conductor]inspect_wait_timeout`: seconds a node may wait in `inspect wait`.
+pub const DEFAULT_INSPECT_WAIT_TIMEOUT_SECS: u64 = 1800;
 /// Seconds between agent heartbeats: short, so deploy progress on the node stays current.
 pub const DEFAULT_HEARTBEAT_INTERVAL_SECS: u64 = 2;
 
@@ -41,7 +45,11 @@ pub struct Config {
     pub ramdisk_dir: PathBuf,
     /// How long a node may stay in `wait call-back` without a heartbeat.
     pub deploy_callback_timeout: Duration,
-    /// How often nodes are checked against `deploy_callback_timeout`.
+    /// How long a node may stay in `clean wait` without a heartbeat.
+    pub clean_callback_timeout: Duration,
+    /// How long a node may stay in `inspect wait` without its inventory.
+    pub inspect_wait_timeout: Duration,
+    /// How often nodes are checked against the call-back timeouts.
     pub timeout_check_interval: Duration,
     /// Interval the agents are told to heartbeat at.
     pub heartbeat_interval: Duration,
@@ -51,6 +59,8 @@ pub struct Config {
     pub conductor_name: String,
     /// Who may call the API (the agent's endpoints are always open).
     pub auth: api::auth::ApiAuth,
+    /// `resource_class` of nodes created without one (Ironic's `[DEFAULT]default_resource_class`).
+    pub default_resource_class: Option<String>,
 }
 
 impl Config {
@@ -61,11 +71,14 @@ impl Config {
             public_url: public_url.trim_end_matches('/').to_owned(),
             ramdisk_dir,
             deploy_callback_timeout: Duration::from_secs(DEFAULT_DEPLOY_CALLBACK_TIMEOUT_SECS),
+            clean_callback_timeout: Duration::from_secs(DEFAULT_CLEAN_CALLBACK_TIMEOUT_SECS),
+            inspect_wait_timeout: Duration::from_secs(DEFAULT_INSPECT_WAIT_TIMEOUT_SECS),
             timeout_check_interval: Duration::from_secs(5),
             heartbeat_interval: Duration::from_secs(DEFAULT_HEARTBEAT_INTERVAL_SECS),
             kernel_args: DEFAULT_KERNEL_ARGS.to_owned(),
             conductor_name: "ferric".to_owned(),
             auth: api::auth::ApiAuth::NoAuth,
+            default_resource_class: None,
         }
     }
 }
@@ -95,7 +108,7 @@ pub enum ServeError {
     Http(#[source] std::io::Error),
 }
 
-/// Serves the API and boot files on `listener`, and fails timed-out deploys in the background,
+/// Serves the API and boot files on `listener`, and fails nodes whose agent timed out in the background,
 /// until the server fails (or the future is dropped).
 pub async fn serve(config: Config, listener: TcpListener) -> Result<(), ServeError> {
     let state = AppState::open(config)?;
@@ -108,7 +121,7 @@ pub async fn serve(config: Config, listener: TcpListener) -> Result<(), ServeErr
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, public_url = %state.config.public_url, "controller listening");
     }
-    let watcher = conductor::watch_deploy_timeouts(
+    let watcher = conductor::watch_callback_timeouts(
         state.store.clone(),
         state.conductor.clone(),
         state.config.timeout_check_interval,

@@ -7,7 +7,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ferric_controller::api::auth::ApiAuth;
 use ferric_controller::{
-    serve, Config, DEFAULT_DEPLOY_CALLBACK_TIMEOUT_SECS, DEFAULT_HEARTBEAT_INTERVAL_SECS, DEFAULT_KERNEL_ARGS,
+    serve, Config, DEFAULT_CLEAN_CALLBACK_TIMEOUT_SECS, DEFAULT_DEPLOY_CALLBACK_TIMEOUT_SECS,
+    DEFAULT_HEARTBEAT_INTERVAL_SECS, DEFAULT_INSPECT_WAIT_TIMEOUT_SECS, DEFAULT_KERNEL_ARGS,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -41,6 +42,12 @@ struct ServeArgs {
     /// Seconds a node may wait in `wait call-back` without hearing from its agent.
     #[arg(long, default_value_t = DEFAULT_DEPLOY_CALLBACK_TIMEOUT_SECS)]
     deploy_callback_timeout: u64,
+    /// Seconds a node may wait in `clean wait` without hearing from its agent.
+    #[arg(long, default_value_t = DEFAULT_CLEAN_CALLBACK_TIMEOUT_SECS)]
+    clean_callback_timeout: u64,
+    /// Seconds a node may wait in `inspect wait` for its agent's inventory.
+    #[arg(long, default_value_t = DEFAULT_INSPECT_WAIT_TIMEOUT_SECS)]
+    inspect_wait_timeout: u64,
     /// Seconds between agent heartbeats.
     #[arg(long, default_value_t = DEFAULT_HEARTBEAT_INTERVAL_SECS)]
     heartbeat_interval: u64,
@@ -56,6 +63,9 @@ struct ServeArgs {
     /// File with one API bearer token per line, accepted alongside http_basic credentials.
     #[arg(long)]
     bearer_tokens: Option<PathBuf>,
+    /// `resource_class` given to nodes created without one.
+    #[arg(long)]
+    default_resource_class: Option<String>,
 }
 
 #[derive(Clone, clap::ValueEnum)]
@@ -75,8 +85,11 @@ async fn main() -> anyhow::Result<()> {
     let Commands::Serve(args) = Cli::parse().command;
     let mut config = Config::new(args.db, &args.public_url, args.ramdisk_dir);
     config.deploy_callback_timeout = Duration::from_secs(args.deploy_callback_timeout);
+    config.clean_callback_timeout = Duration::from_secs(args.clean_callback_timeout);
+    config.inspect_wait_timeout = Duration::from_secs(args.inspect_wait_timeout);
     config.heartbeat_interval = Duration::from_secs(args.heartbeat_interval);
     config.kernel_args = args.kernel_args;
+    config.default_resource_class = args.default_resource_class;
     config.auth = match args.auth_strategy {
         AuthStrategy::Noauth if args.htpasswd.is_some() || args.bearer_tokens.is_some() => {
             anyhow::bail!("--htpasswd and --bearer-tokens need --auth-strategy http_basic")

@@ -37,6 +37,8 @@ pub struct Node {
     pub driver_internal_info: JsonObject,
     pub extra: JsonObject,
     pub deploy_step: JsonObject,
+    /// The clean step the agent runs (manual cleaning), `{}` otherwise.
+    pub clean_step: JsonObject,
     pub network_data: JsonObject,
     /// Explicitly chosen hardware interfaces, keyed by interface type (`power` -> `ipmitool`).
     pub interfaces: JsonObject,
@@ -62,6 +64,8 @@ pub struct Node {
     pub created_at: String,
     pub updated_at: Option<String>,
     pub provision_updated_at: Option<String>,
+    pub inspection_started_at: Option<String>,
+    pub inspection_finished_at: Option<String>,
 }
 
 impl Node {
@@ -87,6 +91,7 @@ impl Node {
             driver_internal_info: JsonObject::new(),
             extra: JsonObject::new(),
             deploy_step: JsonObject::new(),
+            clean_step: JsonObject::new(),
             network_data: JsonObject::new(),
             interfaces: JsonObject::new(),
             reservation: None,
@@ -110,6 +115,8 @@ impl Node {
             created_at,
             updated_at: None,
             provision_updated_at: None,
+            inspection_started_at: None,
+            inspection_finished_at: None,
         }
     }
 }

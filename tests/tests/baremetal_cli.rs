@@ -186,6 +186,19 @@ fn the_baremetal_cli_drives_a_node_through_its_life() {
     assert_eq!(row["name"], NODE_NAME, "{row}");
     assert_eq!(row["provision_state"], "available", "{row}");
 
+    let drivers = cli.json(&["driver", "list"]);
+    let driver_names: Vec<&str> = drivers.as_array().unwrap().iter().filter_map(|row| row["name"].as_str()).collect();
+    assert!(driver_names.contains(&"fake-hardware"), "{drivers}");
+    let ipmi = cli.json(&["driver", "show", "ipmi"]);
+    assert_eq!(ipmi["default_power_interface"], "ipmitool", "{ipmi}");
+
+    for name in ["cli-a", "cli-z"] {
+        cli.run(&["node", "create", "--driver", "fake-hardware", "--name", name]);
+    }
+    let sorted = cli.json(&["node", "list", "--sort", "name:desc"]);
+    let sorted_names: Vec<&str> = sorted.as_array().unwrap().iter().filter_map(|row| row["name"].as_str()).collect();
+    assert_eq!(sorted_names, ["cli-z", NODE_NAME, "cli-a"], "{sorted}");
+
     cli.run(&["node", "power", "on", NODE_NAME]);
     assert_eq!(power_state(&cli, NODE_NAME), "power on");
     let states: Value =

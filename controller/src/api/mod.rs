@@ -2,6 +2,8 @@
 //! bodies), the agent's lookup and heartbeat, and the boot files.
 
 pub mod auth;
+mod collection;
+mod drivers;
 mod lock;
 pub mod microversion;
 mod node_fields;
@@ -53,6 +55,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/ports", get(ports::list).post(ports::create))
         .route("/v1/ports/detail", get(ports::list_detail))
         .route("/v1/ports/{port}", get(ports::show).delete(ports::delete))
+        .route("/v1/drivers", get(drivers::list))
+        .route("/v1/drivers/{driver}", get(drivers::show))
         .route("/v1/lookup", get(ramdisk::lookup))
         .route("/v1/heartbeat/{node}", post(ramdisk::heartbeat));
     api.merge(crate::boot::router(&state.config))

@@ -3,6 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
+use super::drivers;
 use super::microversion::{self, ApiVersion};
 use super::node_fields::INTERFACE_FIELDS;
 use crate::error::Error;
@@ -95,11 +96,16 @@ pub fn render(node: &Node, version: ApiVersion, base_url: &str, conductor: &str,
             "driver_internal_info" => Value::Object(mask_object(&node.driver_internal_info)),
             "instance_info" => Value::Object(mask_object(&node.instance_info)),
             "provision_state" => shown_state(node.provision_state, version),
-            "clean_step" | "service_step" | "raid_config" | "target_raid_config" => json!({}),
+            "service_step" | "raid_config" | "target_raid_config" => json!({}),
             "traits" => json!([]),
             "conductor" => Value::String(conductor.to_owned()),
             _ => match name.strip_suffix("_interface") {
-                Some(kind) => node.interfaces.get(kind).cloned().unwrap_or(Value::Null),
+                // Unset interfaces read as the driver's default, as Ironic resolves them on create.
+                Some(kind) => node
+                    .interfaces
+                    .get(kind)
+                    .cloned()
+                    .unwrap_or_else(|| json!(drivers::default_interface(&node.driver, kind))),
                 // Each field is rendered once, so it can be moved out rather than cloned.
                 None => stored.remove(name).unwrap_or(Value::Null),
             },
@@ -177,7 +183,8 @@ mod tests {
         assert_eq!(latest["name"], "n1");
         assert_eq!(latest["provision_state"], "available");
         assert_eq!(latest["driver_info"]["ipmi_password"], "******");
-        assert!(latest["power_interface"].is_null());
+        assert_eq!(latest["power_interface"], "ipmitool");
+        assert_eq!(latest["deploy_interface"], "direct");
         assert_eq!(latest["links"][0]["href"], "http://h/v1/nodes/u1");
         assert_eq!(latest["states"][1]["href"], "http://h/nodes/u1/states");
         assert!(latest.get("agent_token_hash").is_none());

@@ -10,6 +10,8 @@ use axum::Json;
 use chrono::Utc;
 use serde_json::{Map, Value};
 
+use super::collection::Paging;
+use super::drivers::{self, DRIVERS};
 use super::microversion::{self, ApiVersion};
 use super::node_fields::{self, WritableField, WRITABLE_FIELDS};
 use super::node_view::{self, DEFAULT_LIST_FIELDS};
@@ -18,17 +20,38 @@ use crate::conductor::refuse_if_protected;
 use crate::error::Error;
 use crate::fsm::{self, ProvisionState};
 use crate::model::{timestamp, Node};
-use crate::store::{NodeQuery, StoreError};
+use crate::store::{NodeQuery, StoreError, NODE_SORT_KEYS};
 use crate::AppState;
 
-/// Hardware types a node may use. Only their names matter until drivers exist.
-pub const DRIVERS: &[&str] = &["fake-hardware", "ipmi", "manual-management", "redfish"];
+const LIST_PARAMETERS: &[&str] = &[
+    "fields",
+    "detail",
+    "limit",
+    "marker",
+    "sort_key",
+    "sort_dir",
+    "provision_state",
+    "driver",
+    "maintenance",
+    "associated",
+    "resource_class",
+];
 
-/// Ironic's `[api]max_limit`.
-const MAX_LIMIT: usize = 1000;
-
-const LIST_PARAMETERS: &[&str] =
-    &["fields", "detail", "limit", "marker", "provision_state", "driver", "maintenance", "associated"];
+/// Node fields held as JSON, which Ironic refuses to sort by (`invalid_sort_key_list`).
+const JSON_SORT_KEYS: &[&str] = &[
+    "properties",
+    "driver_info",
+    "extra",
+    "instance_info",
+    "driver_internal_info",
+    "clean_step",
+    "deploy_step",
+    "raid_config",
+    "target_raid_config",
+    "traits",
+    "network_data",
+    "service_step",
+];
 
 static CREATE_FIELDS: LazyLock<Vec<WritableField>> =
     LazyLock::new(|| WRITABLE_FIELDS.iter().filter(|field| field.on_create).copied().collect());
@@ -94,6 +117,10 @@ pub async fn create(
     let uuid = uuid::Uuid::new_v4().to_string();
     let mut node = Node::new(uuid, driver, initial_state, timestamp(Utc::now()));
     node_fields::apply(&mut node, &object, fields)?;
+    drivers::check_interfaces(&node)?;
+    if node.resource_class.is_none() {
+        node.resource_class.clone_from(&state.config.default_resource_class);
+    }
     let stored = node.clone();
     state.store.run(move |tx| tx.insert_node(&stored).map_err(|error| node_conflict(error, &stored))).await?;
     tracing::info!(node = %node.uuid, driver = %node.driver, state = %node.provision_state, "node enrolled");
@@ -149,21 +176,21 @@ async fn list_nodes(
     if query.get("driver").is_some() {
         version.require(microversion::DRIVER_FILTER)?;
     }
-    let limit = match query.get("limit") {
-        Some(text) => match text.parse::<usize>() {
-            Ok(limit) if limit > 0 => limit.min(MAX_LIMIT),
-            _ => return Err(Error::Invalid("Limit must be positive".to_owned())),
-        },
-        None => MAX_LIMIT,
-    };
-    let marker = query.get("marker").map(str::to_owned);
+    if query.get("resource_class").is_some() {
+        version.require(microversion::RESOURCE_CLASS)?;
+    }
+    let paging = Paging::parse(&query, NODE_SORT_KEYS, JSON_SORT_KEYS)?;
+    let marker = paging.marker.clone();
     let node_query = NodeQuery {
         provision_state,
         driver: query.get("driver").map(str::to_owned),
         maintenance: query.flag("maintenance")?,
         associated: query.flag("associated")?,
+        resource_class: query.get("resource_class").map(str::to_owned),
+        sort_key: paging.sort_key,
+        descending: paging.descending,
         marker: marker.clone(),
-        limit: Some(limit),
+        limit: Some(paging.limit),
     };
     let nodes = state
         .store
@@ -183,30 +210,11 @@ async fn list_nodes(
         nodes.iter().map(|node| node_view::render(node, version, &base, state.conductor.name(), selection)).collect();
     // Not `json!`, which would deep-copy every rendered node through `to_value`.
     let mut body = Value::Object(Map::from_iter([("nodes".to_owned(), Value::Array(rendered))]));
-    if let (true, Some(last)) = (nodes.len() == limit, nodes.last()) {
-        let path = if detail_path { "/v1/nodes/detail" } else { "/v1/nodes" };
-        body["next"] = Value::String(next_url(&base, path, &query, limit, &last.uuid));
+    let path = if detail_path { "/v1/nodes/detail" } else { "/v1/nodes" };
+    if let Some(next) = nodes.last().and_then(|last| paging.next_url(&base, path, &query, nodes.len(), &last.uuid)) {
+        body["next"] = Value::String(next);
     }
     Ok(Json(body))
-}
-
-/// The URL of the following page: the same query with `limit` and a new `marker`.
-fn next_url(base: &str, path: &str, query: &QueryParams, limit: usize, marker: &str) -> String {
-    let mut parameters = query.0.clone();
-    parameters.insert("limit".to_owned(), limit.to_string());
-    parameters.insert("marker".to_owned(), marker.to_owned());
-    let encoded: Vec<String> =
-        parameters.iter().map(|(name, value)| format!("{}={}", percent_encode(name), percent_encode(value))).collect();
-    format!("{base}{path}?{}", encoded.join("&"))
-}
-
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (byte as char).to_string(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
 }
 
 pub async fn show(
@@ -268,8 +276,21 @@ pub async fn update(
             }
             let mut document = Value::Object(node_fields::document(&node, fields));
             patch::apply(&mut document, &operations)?;
-            let Value::Object(patched) = document else { unreachable!("patching keeps the root an object") };
+            let Value::Object(mut patched) = document else { unreachable!("patching keeps the root an object") };
+            // A removed field returns to its default (null or empty), as Ironic resets it.
+            for field in fields {
+                patched.entry(field.name).or_insert(Value::Null);
+            }
             node_fields::check_schema("patch", &patched, fields, &[])?;
+            // Set-once, as Ironic's database layer: an instance is released (removed) before another takes the node.
+            if let (Some(current), Some(requested)) = (
+                &node.instance_uuid,
+                patched.get("instance_uuid").and_then(Value::as_str).and_then(super::canonical_uuid),
+            ) {
+                if &requested != current {
+                    return Err(Error::Conflict(format!("Node {} is associated with instance {current}.", node.uuid)));
+                }
+            }
             if let Some(name) = patched.get("name").and_then(Value::as_str) {
                 if node.name.as_deref() != Some(name) && !node_fields::is_valid_node_name(name, version) {
                     return Err(Error::Invalid(format!(
@@ -282,6 +303,7 @@ pub async fn update(
                 check_driver(driver, &node.conductor_group)?;
             }
             node_fields::apply(&mut node, &patched, fields)?;
+            drivers::check_interfaces(&node)?;
             if !node.maintenance {
                 node.maintenance_reason = None;
             }
@@ -379,15 +401,6 @@ async fn change_maintenance(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn next_links_keep_the_query_and_encode_it() {
-        let query = QueryParams([("fields".to_owned(), "uuid,name".to_owned())].into_iter().collect());
-        assert_eq!(
-            next_url("http://h", "/v1/nodes", &query, 2, "m-1"),
-            "http://h/v1/nodes?fields=uuid%2Cname&limit=2&marker=m-1"
-        );
-    }
 
     #[test]
     fn unknown_drivers_are_named() {

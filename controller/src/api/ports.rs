@@ -9,13 +9,14 @@ use chrono::Utc;
 use ferric_protocol::normalize_mac;
 use serde_json::{json, Map, Value};
 
+use super::collection::Paging;
 use super::microversion::ApiVersion;
 use super::node_fields::{self, field, Kind, WritableField};
 use super::node_view::links;
 use super::{BaseUrl, JsonBody, NodeIdent, QueryParams};
 use crate::error::Error;
 use crate::model::{timestamp, JsonObject, Port};
-use crate::store::StoreError;
+use crate::store::{PortQuery, StoreError, PORT_SORT_KEYS};
 use crate::AppState;
 
 /// What `POST /v1/ports` accepts (a subset of Ironic's port schema).
@@ -43,6 +44,9 @@ const PORT_VIEW_FIELDS: &[(&str, u32)] = &[
     ("created_at", 1),
     ("updated_at", 1),
 ];
+
+/// Port fields held as JSON, which Ironic refuses to sort by.
+const JSON_SORT_KEYS: &[&str] = &["extra", "internal_info", "local_link_connection"];
 
 /// What a port list shows without `fields` or `detail` (plus `links`).
 const DEFAULT_LIST_FIELDS: &[&str] = &["uuid", "address"];
@@ -171,7 +175,8 @@ async fn list_ports(
     node_path: Option<String>,
     detail_path: bool,
 ) -> Result<Json<Value>, Error> {
-    query.only(&["node", "node_uuid", "address", "fields", "detail"])?;
+    query.only(&["node", "node_uuid", "address", "fields", "detail", "limit", "marker", "sort_key", "sort_dir"])?;
+    let paging = Paging::parse(&query, PORT_SORT_KEYS, JSON_SORT_KEYS)?;
     let detail = query.flag("detail")?.unwrap_or(false) || detail_path;
     let fields = query.get("fields").map(|text| parse_fields(text, version)).transpose()?;
     if detail && fields.is_some() {
@@ -185,11 +190,22 @@ async fn list_ports(
         ),
         None => None,
     };
+    let mut port_query = PortQuery {
+        address,
+        sort_key: paging.sort_key,
+        descending: paging.descending,
+        marker: paging.marker.clone(),
+        limit: Some(paging.limit),
+        ..PortQuery::default()
+    };
     let ports = state
         .store
         .run(move |tx| {
-            let node_uuid = node.map(|ident| ident.load(tx)).transpose()?.map(|node| node.uuid);
-            Ok::<_, Error>(tx.list_ports(node_uuid.as_deref(), address.as_deref())?)
+            if let Some(marker) = &port_query.marker {
+                tx.port_by_uuid(marker)?.ok_or_else(|| Error::PortNotFound(marker.clone()))?;
+            }
+            port_query.node_uuid = node.map(|ident| ident.load(tx)).transpose()?.map(|node| node.uuid);
+            Ok::<_, Error>(tx.list_ports_page(&port_query)?)
         })
         .await?;
     let defaults: Vec<String> = DEFAULT_LIST_FIELDS.iter().map(|name| (*name).to_owned()).collect();
@@ -200,7 +216,16 @@ async fn list_ports(
     };
     let rendered: Vec<Value> = ports.iter().map(|port| render(port, version, &base, selection)).collect();
     // Not `json!`, which would deep-copy every rendered port through `to_value`.
-    Ok(Json(Value::Object(Map::from_iter([("ports".to_owned(), Value::Array(rendered))]))))
+    let mut body = Value::Object(Map::from_iter([("ports".to_owned(), Value::Array(rendered))]));
+    let path = match (&node_path, detail_path) {
+        (Some(ident), _) => format!("/v1/nodes/{ident}/ports"),
+        (None, true) => "/v1/ports/detail".to_owned(),
+        (None, false) => "/v1/ports".to_owned(),
+    };
+    if let Some(next) = ports.last().and_then(|last| paging.next_url(&base, &path, &query, ports.len(), &last.uuid)) {
+        body["next"] = Value::String(next);
+    }
+    Ok(Json(body))
 }
 
 fn port_uuid(ident: &str) -> Result<String, Error> {

@@ -10,13 +10,15 @@ use serde_json::{json, Value};
 
 use super::microversion::{self, ApiVersion};
 use super::{lock, node_view, BaseUrl, JsonBody, NodeIdent};
+use crate::conductor::{clean_steps_required, CLEAN_STEP_INTERFACES};
 use crate::error::Error;
 use crate::fsm::{ProvisionState, Verb};
 use crate::AppState;
+use ferric_protocol::CleanStep;
 
 /// Members of Ironic's provision request that Ferric does not act on yet.
 const UNSUPPORTED_PROVISION_MEMBERS: &[&str] =
-    &["configdrive", "clean_steps", "deploy_steps", "service_steps", "rescue_password", "disable_ramdisk", "runbook"];
+    &["configdrive", "deploy_steps", "service_steps", "rescue_password", "disable_ramdisk", "runbook"];
 
 pub async fn states(
     State(state): State<AppState>,
@@ -38,7 +40,7 @@ pub async fn set_provision_state(
     let Value::Object(request) = body else {
         return Err(Error::Invalid("The provision request must be a JSON object".to_owned()));
     };
-    if let Some(member) = request.keys().find(|key| *key != "target") {
+    if let Some(member) = request.keys().find(|key| !["target", "clean_steps"].contains(&key.as_str())) {
         return Err(if UNSUPPORTED_PROVISION_MEMBERS.contains(&member.as_str()) {
             Error::Invalid(format!("\"{member}\" is not supported by Ferric yet"))
         } else {
@@ -53,18 +55,70 @@ pub async fn set_provision_state(
     let verb = Verb::parse(&target)
         .ok_or_else(|| Error::Invalid(format!("The requested action \"{target}\" could not be understood.")))?;
     version.require(verb.min_api_minor())?;
+    let clean_steps = match (verb, request.get("clean_steps")) {
+        (Verb::Clean, Some(steps)) => Some(parse_clean_steps(steps)?),
+        (Verb::Clean, None) => return Err(clean_steps_required()),
+        (_, Some(_)) => {
+            return Err(Error::Invalid(
+                "\"clean_steps\" is only valid when setting target provision state to clean".to_owned(),
+            ))
+        }
+        (_, None) => None,
+    };
     let node_ident = NodeIdent::parse(&ident, version)?;
     let conductor = state.conductor.clone();
     let node = lock::with_node_locked(&state, node_ident, move |tx, node| {
         if verb == Verb::Abort && node.provision_state == ProvisionState::DeployWait {
             version.require(microversion::ABORT_DEPLOY_WAIT)?;
         }
-        conductor.provision(tx, node, verb, Utc::now())
+        match &clean_steps {
+            Some(steps) => conductor.clean(tx, node, steps, Utc::now()),
+            None => conductor.provision(tx, node, verb, Utc::now()),
+        }
     })
     .await?;
     tracing::info!(node = %node.uuid, target = %target, state = %node.provision_state, "provisioning action applied");
     let location = format!("{base}/v1/nodes/{ident}/states");
     Ok((StatusCode::ACCEPTED, [(LOCATION, location)]).into_response())
+}
+
+/// Checks `clean_steps` against Ironic's clean step schema: a non-empty list of objects with
+/// an `interface`, a `step` name and optional `args`, and nothing else.
+fn parse_clean_steps(steps: &Value) -> Result<Vec<CleanStep>, Error> {
+    let invalid = |reason: String| Error::Invalid(format!("Invalid clean_steps: {reason}"));
+    let list = match steps {
+        Value::Array(list) if !list.is_empty() => list,
+        Value::Array(_) => return Err(clean_steps_required()),
+        other => return Err(invalid(format!("{other} is not of type 'array'"))),
+    };
+    list.iter()
+        .map(|step| {
+            let Value::Object(fields) = step else {
+                return Err(invalid(format!("{step} is not of type 'object'")));
+            };
+            if let Some(extra) = fields.keys().find(|key| !["interface", "step", "args"].contains(&key.as_str())) {
+                return Err(invalid(format!("Additional properties are not allowed ('{extra}' was unexpected)")));
+            }
+            let interface = match fields.get("interface") {
+                Some(Value::String(name)) if CLEAN_STEP_INTERFACES.contains(&name.as_str()) => name.clone(),
+                Some(other) => {
+                    return Err(invalid(format!("{other} is not one of {CLEAN_STEP_INTERFACES:?} (\"interface\")")))
+                }
+                None => return Err(invalid("'interface' is a required property".to_owned())),
+            };
+            let name = match fields.get("step") {
+                Some(Value::String(name)) if !name.is_empty() => name.clone(),
+                Some(other) => return Err(invalid(format!("{other} is not a step name (\"step\")"))),
+                None => return Err(invalid("'step' is a required property".to_owned())),
+            };
+            let args = match fields.get("args") {
+                None => Value::Object(Default::default()),
+                Some(args @ Value::Object(_)) => args.clone(),
+                Some(other) => return Err(invalid(format!("{other} is not of type 'object' (\"args\")"))),
+            };
+            Ok(CleanStep { interface, step: name, args })
+        })
+        .collect()
 }
 
 /// `GET /v1/nodes/{node}/history` (1.78).

@@ -89,4 +89,10 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE nodes ADD COLUMN reservation_expires_at TEXT;
     "#,
+    // 3: the running clean step and inspection times (Ironic's `clean_step`, `inspection_*_at`).
+    r#"
+    ALTER TABLE nodes ADD COLUMN clean_step TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE nodes ADD COLUMN inspection_started_at TEXT;
+    ALTER TABLE nodes ADD COLUMN inspection_finished_at TEXT;
+    "#,
 ];

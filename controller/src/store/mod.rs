@@ -139,6 +139,7 @@ const NODE_JSON_COLUMNS: &[&str] = &[
     "driver_internal_info",
     "extra",
     "deploy_step",
+    "clean_step",
     "network_data",
     "interfaces",
 ];
@@ -152,9 +153,101 @@ pub struct NodeQuery {
     pub driver: Option<String>,
     pub maintenance: Option<bool>,
     pub associated: Option<bool>,
-    /// Only nodes created after this one (pagination).
+    pub resource_class: Option<String>,
+    /// Column to order by, one of [`NODE_SORT_KEYS`] (the only text put into the SQL); `None` is creation order.
+    pub sort_key: Option<&'static str>,
+    pub descending: bool,
+    /// Only nodes after this one in the chosen order (pagination).
     pub marker: Option<String>,
     pub limit: Option<usize>,
+}
+
+/// Filters and page of a port listing.
+#[derive(Debug, Clone, Default)]
+pub struct PortQuery {
+    pub node_uuid: Option<String>,
+    pub address: Option<String>,
+    /// One of [`PORT_SORT_KEYS`]; `None` is creation order.
+    pub sort_key: Option<&'static str>,
+    pub descending: bool,
+    /// Only ports after this one in the chosen order.
+    pub marker: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// Port columns a listing may be sorted by.
+pub const PORT_SORT_KEYS: &[&str] = &["id", "uuid", "address", "node_uuid", "pxe_enabled", "created_at", "updated_at"];
+
+/// Node columns a listing may be sorted by, as Ironic allows (not the JSON ones).
+pub const NODE_SORT_KEYS: &[&str] = &[
+    "id",
+    "uuid",
+    "name",
+    "created_at",
+    "updated_at",
+    "provision_state",
+    "target_provision_state",
+    "provision_updated_at",
+    "power_state",
+    "target_power_state",
+    "driver",
+    "maintenance",
+    "maintenance_reason",
+    "resource_class",
+    "instance_uuid",
+    "chassis_uuid",
+    "conductor_group",
+    "reservation",
+    "last_error",
+    "fault",
+    "owner",
+    "lessee",
+    "description",
+    "shard",
+    "parent_node",
+    "boot_mode",
+    "secure_boot",
+    "console_enabled",
+    "automated_clean",
+    "protected",
+    "retired",
+    "disable_power_off",
+];
+
+/// `SELECT * FROM table` with `conditions`, ordered by `sort_key` (NULLs first, `id` breaking
+/// ties; `None` is `id`) and starting after the row with UUID `marker`. The order is one row
+/// value, so the marker condition is a single comparison in the same order. `sort_key` is
+/// put into the SQL as is: it must come from a fixed list of columns.
+fn paged_select(
+    table: &str,
+    mut conditions: Vec<String>,
+    values: &mut Vec<SqlValue>,
+    sort_key: Option<&'static str>,
+    descending: bool,
+    marker: Option<&str>,
+    limit: Option<usize>,
+) -> String {
+    let order: Vec<String> = match sort_key.filter(|key| *key != "id") {
+        Some(key) => vec![format!("{key} IS NOT NULL"), format!("IFNULL({key}, 0)"), "id".to_owned()],
+        None => vec!["id".to_owned()],
+    };
+    let (direction, after) = if descending { ("DESC", "<") } else { ("ASC", ">") };
+    if let Some(marker) = marker {
+        values.push(SqlValue::Text(marker.to_owned()));
+        let columns = order.join(", ");
+        conditions.push(format!("({columns}) {after} (SELECT {columns} FROM {table} WHERE uuid = ?{})", values.len()));
+    }
+    let mut sql = format!("SELECT * FROM {table}");
+    if !conditions.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conditions.join(" AND "));
+    }
+    let ordering: Vec<String> = order.iter().map(|term| format!("{term} {direction}")).collect();
+    sql.push_str(&format!(" ORDER BY {}", ordering.join(", ")));
+    if let Some(limit) = limit {
+        sql.push_str(&format!(" LIMIT {limit}"));
+    }
+    sql
 }
 
 /// The outcome of [`Tx::reserve_node`].
@@ -281,19 +374,19 @@ impl Tx<'_> {
         if let Some(associated) = query.associated {
             conditions.push(if associated { "instance_uuid IS NOT NULL" } else { "instance_uuid IS NULL" }.to_owned());
         }
-        if let Some(marker) = &query.marker {
-            values.push(SqlValue::Text(marker.clone()));
-            conditions.push(format!("id > (SELECT id FROM nodes WHERE uuid = ?{})", values.len()));
+        if let Some(resource_class) = &query.resource_class {
+            values.push(SqlValue::Text(resource_class.clone()));
+            conditions.push(format!("resource_class = ?{}", values.len()));
         }
-        let mut sql = String::from("SELECT * FROM nodes");
-        if !conditions.is_empty() {
-            sql.push_str(" WHERE ");
-            sql.push_str(&conditions.join(" AND "));
-        }
-        sql.push_str(" ORDER BY id");
-        if let Some(limit) = query.limit {
-            sql.push_str(&format!(" LIMIT {limit}"));
-        }
+        let sql = paged_select(
+            "nodes",
+            conditions,
+            &mut values,
+            query.sort_key,
+            query.descending,
+            query.marker.as_deref(),
+            query.limit,
+        );
         self.query_nodes(&sql, rusqlite::params_from_iter(values))
     }
 
@@ -352,6 +445,29 @@ impl Tx<'_> {
             "SELECT * FROM ports WHERE (?1 IS NULL OR node_uuid = ?1) AND (?2 IS NULL OR address = ?2) ORDER BY id",
             params![node_uuid, address],
         )
+    }
+
+    pub fn list_ports_page(&self, query: &PortQuery) -> Result<Vec<Port>, StoreError> {
+        let mut conditions = Vec::new();
+        let mut values: Vec<SqlValue> = Vec::new();
+        if let Some(node_uuid) = &query.node_uuid {
+            values.push(SqlValue::Text(node_uuid.clone()));
+            conditions.push(format!("node_uuid = ?{}", values.len()));
+        }
+        if let Some(address) = &query.address {
+            values.push(SqlValue::Text(address.clone()));
+            conditions.push(format!("address = ?{}", values.len()));
+        }
+        let sql = paged_select(
+            "ports",
+            conditions,
+            &mut values,
+            query.sort_key,
+            query.descending,
+            query.marker.as_deref(),
+            query.limit,
+        );
+        self.query_ports(&sql, rusqlite::params_from_iter(values))
     }
 
     pub fn delete_port(&self, uuid: &str) -> Result<bool, StoreError> {
