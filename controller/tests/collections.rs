@@ -63,6 +63,11 @@ async fn drivers_are_listed_and_shown_with_their_interfaces() {
     let missing = server.api(Method::GET, "/v1/drivers/bogus").send().await.unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     assert_eq!(fault(missing).await, "Could not find the following driver(s) or hardware type(s): bogus.");
+    // The properties link each driver carries answers (no driver_info keys are read yet).
+    let properties_link = ipmi["properties"][0]["href"].as_str().unwrap();
+    assert_eq!(server.get(path_of(properties_link)).await, json!({}));
+    let missing = server.api(Method::GET, "/v1/drivers/bogus/properties").send().await.unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
 
     // A node shows its driver's default for every interface it did not choose.
     let node = create_node(&server, json!({"driver": "fake-hardware", "boot_interface": "pxe"})).await;
@@ -306,4 +311,67 @@ async fn resource_class_defaults_to_the_configured_one() {
         .await
         .unwrap();
     assert_eq!(old.status(), StatusCode::NOT_ACCEPTABLE);
+}
+
+#[tokio::test]
+async fn ports_are_patched_with_json_patch() {
+    let server = common::start().await;
+    let first = create_node(&server, json!({"driver": "ipmi", "name": "first"})).await;
+    let second = create_node(&server, json!({"driver": "ipmi", "name": "second"})).await;
+    let mut port_uuids = Vec::new();
+    for address in ["52:54:00:00:01:01", "52:54:00:00:01:02"] {
+        let body = json!({"address": address, "node_uuid": first["uuid"]});
+        let response = server.api(Method::POST, "/v1/ports").json(&body).send().await.unwrap();
+        port_uuids.push(response.json::<Value>().await.unwrap()["uuid"].as_str().unwrap().to_owned());
+    }
+    let patch_port =
+        |uuid: &str, patch: Value| server.api(Method::PATCH, &format!("/v1/ports/{uuid}")).json(&patch).send();
+
+    let moved = patch_port(
+        &port_uuids[0],
+        json!([
+            {"op": "replace", "path": "/address", "value": "52-54-00-00-01-0A"},
+            {"op": "replace", "path": "/node_uuid", "value": second["uuid"]},
+            {"op": "replace", "path": "/pxe_enabled", "value": false},
+            {"op": "add", "path": "/extra/rack", "value": "r1"},
+        ]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(moved.status(), StatusCode::OK);
+    let shown = server.get(&format!("/v1/ports/{}", port_uuids[0])).await;
+    assert_eq!(shown["address"], "52:54:00:00:01:0a");
+    assert_eq!(shown["node_uuid"], second["uuid"]);
+    assert_eq!(shown["pxe_enabled"], false);
+    assert_eq!(shown["extra"], json!({"rack": "r1"}));
+    assert!(shown["updated_at"].is_string(), "{shown}");
+    assert_eq!(uuids(&server.get("/v1/ports?node=second").await, "ports"), port_uuids[..1]);
+
+    let refusals = [
+        (json!([{"op": "replace", "path": "/uuid", "value": "x"}]), StatusCode::BAD_REQUEST, "Cannot patch /uuid."),
+        (
+            json!([{"op": "replace", "path": "/address", "value": "nope"}]),
+            StatusCode::BAD_REQUEST,
+            "Expected a MAC address",
+        ),
+        (
+            json!([{"op": "replace", "path": "/address", "value": "52:54:00:00:01:0a"}]),
+            StatusCode::CONFLICT,
+            "A port with MAC address 52:54:00:00:01:0a already exists.",
+        ),
+        (
+            json!([{"op": "replace", "path": "/node_uuid", "value": "6c4b5a7e-5e1d-4b59-9d0c-0d7f6d2b8a11"}]),
+            StatusCode::BAD_REQUEST,
+            "Node 6c4b5a7e-5e1d-4b59-9d0c-0d7f6d2b8a11 could not be found.",
+        ),
+    ];
+    for (patch, status, message) in refusals {
+        let response = patch_port(&port_uuids[1], patch.clone()).await.unwrap();
+        assert_eq!(response.status(), status, "{patch}");
+        let text = fault(response).await;
+        assert!(text.starts_with(message), "{patch}: {text}");
+    }
+    assert_eq!(server.get(&format!("/v1/ports/{}", port_uuids[1])).await["address"], "52:54:00:00:01:02");
+    let missing = patch_port("6c4b5a7e-5e1d-4b59-9d0c-0d7f6d2b8a11", json!([])).await.unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
 }

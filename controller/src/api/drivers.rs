@@ -141,6 +141,13 @@ pub async fn show(
     Ok(Json(render(driver, version, &base, state.conductor.name(), true)))
 }
 
+/// `GET /v1/drivers/{name}/properties`: the `driver_info` keys the driver reads, with their
+/// descriptions. Ferric's drivers read none yet (no BMC access), so the map is empty.
+pub async fn properties(Path(name): Path<String>) -> Result<Json<Value>, Error> {
+    known_driver(&name)?;
+    Ok(Json(json!({})))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,9 +54,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/nodes/{node}/inventory", get(provision::inventory))
         .route("/v1/ports", get(ports::list).post(ports::create))
         .route("/v1/ports/detail", get(ports::list_detail))
-        .route("/v1/ports/{port}", get(ports::show).delete(ports::delete))
+        .route("/v1/ports/{port}", get(ports::show).patch(ports::update).delete(ports::delete))
         .route("/v1/drivers", get(drivers::list))
         .route("/v1/drivers/{driver}", get(drivers::show))
+        .route("/v1/drivers/{driver}/properties", get(drivers::properties))
         .route("/v1/lookup", get(ramdisk::lookup))
         .route("/v1/heartbeat/{node}", post(ramdisk::heartbeat));
     api.merge(crate::boot::router(&state.config))

@@ -13,7 +13,7 @@ use super::collection::Paging;
 use super::microversion::ApiVersion;
 use super::node_fields::{self, field, Kind, WritableField};
 use super::node_view::links;
-use super::{BaseUrl, JsonBody, NodeIdent, QueryParams};
+use super::{patch, BaseUrl, JsonBody, NodeIdent, QueryParams};
 use crate::error::Error;
 use crate::model::{timestamp, JsonObject, Port};
 use crate::store::{PortQuery, StoreError, PORT_SORT_KEYS};
@@ -92,17 +92,10 @@ fn port_conflict(error: StoreError, port: &Port) -> Error {
     }
 }
 
-pub async fn create(
-    State(state): State<AppState>,
-    version: ApiVersion,
-    BaseUrl(base): BaseUrl,
-    JsonBody(body): JsonBody,
-) -> Result<Response, Error> {
-    let Value::Object(object) = body else {
-        return Err(Error::Invalid(format!("Schema error for port: {body} is not of type 'object'")));
-    };
-    node_fields::check_schema("port", &object, PORT_FIELDS, &["address", "node_uuid"])?;
-    node_fields::reject_newer_fields(&object, PORT_FIELDS, version)?;
+/// Validates a port document (a create body, or a stored port after a PATCH) and builds the port.
+/// `created_at` is kept from the stored port on a PATCH; `updated_at` is set then.
+fn port_from_document(object: &JsonObject, updated_at: Option<String>, created_at: String) -> Result<Port, Error> {
+    node_fields::check_schema("port", object, PORT_FIELDS, &["address", "node_uuid"])?;
     // The schema-checked fields as stored (missing ones as null).
     let mut normalised = JsonObject::new();
     for field in PORT_FIELDS {
@@ -113,15 +106,74 @@ pub async fn create(
     let raw_address = text("address").unwrap_or_default();
     let address = normalize_mac(&raw_address)
         .ok_or_else(|| Error::Invalid(format!("Expected a MAC address but received {raw_address}.")))?;
-    let port = Port {
+    Ok(Port {
         uuid: text("uuid").unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         address,
         node_uuid: text("node_uuid").unwrap_or_default(),
         pxe_enabled: normalised["pxe_enabled"].as_bool().unwrap_or(true),
         extra: normalised["extra"].as_object().cloned().unwrap_or_default(),
-        created_at: timestamp(Utc::now()),
-        updated_at: None,
+        created_at,
+        updated_at,
+    })
+}
+
+/// Port fields a PATCH may change (Ironic refuses `uuid` and read-only fields).
+const PATCHABLE_PORT_FIELDS: &[&str] = &["address", "extra", "node_uuid", "pxe_enabled"];
+
+/// `PATCH /v1/ports/{port}` with an RFC 6902 JSON Patch, as for nodes.
+pub async fn update(
+    State(state): State<AppState>,
+    version: ApiVersion,
+    BaseUrl(base): BaseUrl,
+    Path(ident): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, Error> {
+    let operations = patch::parse(&body)?;
+    if let Some(refused) = operations.iter().find(|op| !PATCHABLE_PORT_FIELDS.contains(&op.root().as_str())) {
+        return Err(Error::Invalid(format!(
+            "Cannot patch {}. Only the following can be updated: {}",
+            refused.path(),
+            PATCHABLE_PORT_FIELDS.join(", ")
+        )));
+    }
+    let uuid = port_uuid(&ident)?;
+    let port = state
+        .store
+        .run(move |tx| {
+            let current = tx.port_by_uuid(&uuid)?.ok_or(Error::PortNotFound(ident))?;
+            let mut document = json!({
+                "address": current.address,
+                "extra": current.extra,
+                "node_uuid": current.node_uuid,
+                "pxe_enabled": current.pxe_enabled,
+                "uuid": current.uuid,
+            });
+            patch::apply(&mut document, &operations)?;
+            let Value::Object(patched) = document else { unreachable!("patching keeps the root an object") };
+            node_fields::reject_newer_fields(&patched, PORT_FIELDS, version)?;
+            let port = port_from_document(&patched, Some(timestamp(Utc::now())), current.created_at)?;
+            if tx.node_by_uuid(&port.node_uuid)?.is_none() {
+                return Err(Error::Invalid(format!("Node {} could not be found.", port.node_uuid)));
+            }
+            tx.update_port(&port).map_err(|error| port_conflict(error, &port))?;
+            Ok(port)
+        })
+        .await?;
+    tracing::info!(port = %port.uuid, address = %port.address, node = %port.node_uuid, "port updated");
+    Ok(Json(render(&port, version, &base, None)))
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    version: ApiVersion,
+    BaseUrl(base): BaseUrl,
+    JsonBody(body): JsonBody,
+) -> Result<Response, Error> {
+    let Value::Object(object) = body else {
+        return Err(Error::Invalid(format!("Schema error for port: {body} is not of type 'object'")));
     };
+    node_fields::reject_newer_fields(&object, PORT_FIELDS, version)?;
+    let port = port_from_document(&object, None, timestamp(Utc::now()))?;
     let stored = port.clone();
     state
         .store

@@ -280,12 +280,21 @@ impl Tx<'_> {
 
     /// Writes every field of `node` (found by uuid).
     pub fn update_node(&self, node: &Node) -> Result<(), StoreError> {
-        let columns = columns("nodes", node)?;
+        self.update_row("nodes", &node.uuid, node)
+    }
+
+    /// Writes every field of `port` (found by uuid).
+    pub fn update_port(&self, port: &Port) -> Result<(), StoreError> {
+        self.update_row("ports", &port.uuid, port)
+    }
+
+    fn update_row(&self, table: &'static str, uuid: &str, record: &impl Serialize) -> Result<(), StoreError> {
+        let columns = columns(table, record)?;
         let assignments: Vec<String> =
             columns.iter().enumerate().map(|(i, (name, _))| format!("{name} = ?{}", i + 1)).collect();
-        let sql = format!("UPDATE nodes SET {} WHERE uuid = ?{}", assignments.join(", "), columns.len() + 1);
+        let sql = format!("UPDATE {table} SET {} WHERE uuid = ?{}", assignments.join(", "), columns.len() + 1);
         let mut values: Vec<SqlValue> = columns.into_iter().map(|(_, value)| value).collect();
-        values.push(SqlValue::Text(node.uuid.clone()));
+        values.push(SqlValue::Text(uuid.to_owned()));
         self.0.execute(&sql, rusqlite::params_from_iter(values)).map_err(constraint_error)?;
         Ok(())
     }
