@@ -371,3 +371,47 @@ async fn lookup_needs_an_address_or_uuid_and_hides_why_it_fails() {
     server.enroll(json!({})).await;
     assert_eq!(server.lookup(MAC).await.status(), StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn configdrive_is_validated_and_kept_masked_with_the_instance() {
+    let server = common::start().await;
+    server.enroll(json!({})).await;
+    for target in ["manage", "provide"] {
+        assert_eq!(server.provision(target).await.status(), StatusCode::ACCEPTED);
+    }
+    let image = json!([
+        {"op": "add", "path": "/instance_info/image_source", "value": "http://10.0.2.2:8080/disk.raw"},
+        {"op": "add", "path": "/instance_info/image_checksum", "value": "a".repeat(64)},
+    ]);
+    assert_eq!(server.patch(image).await.status(), StatusCode::OK);
+    let provision = |body: Value, version: &'static str| {
+        server
+            .http
+            .put(format!("{}/v1/nodes/{NODE_UUID}/states/provision", server.base))
+            .header("X-OpenStack-Ironic-API-Version", version)
+            .json(&body)
+            .send()
+    };
+    let drive = json!({"meta_data": {"hostname": "h"}, "user_data": "#cloud-config", "vendor_data": {}});
+    let refusals = [
+        (json!({"target": "manage", "configdrive": "http://x/cd"}), "1.115", StatusCode::BAD_REQUEST),
+        (json!({"target": "active", "configdrive": drive}), "1.55", StatusCode::NOT_ACCEPTABLE),
+        (json!({"target": "active", "configdrive": drive}), "1.58", StatusCode::NOT_ACCEPTABLE),
+        (json!({"target": "active", "configdrive": {"bogus": {}}}), "1.115", StatusCode::BAD_REQUEST),
+        (json!({"target": "active", "configdrive": {"meta_data": "x"}}), "1.115", StatusCode::BAD_REQUEST),
+        (json!({"target": "active", "configdrive": "not base64!"}), "1.115", StatusCode::BAD_REQUEST),
+        (json!({"target": "active", "configdrive": 7}), "1.115", StatusCode::BAD_REQUEST),
+    ];
+    for (body, version, status) in refusals {
+        let response = provision(body.clone(), version).await.unwrap();
+        assert_eq!(response.status(), status, "{body} at {version}");
+    }
+    assert_eq!(server.node().await["provision_state"], "available", "refusals change nothing");
+
+    let accepted = provision(json!({"target": "active", "configdrive": drive}), "1.115").await.unwrap();
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+    let node = server.node().await;
+    assert_eq!(node["provision_state"], "wait call-back");
+    assert_eq!(node["instance_info"]["configdrive"], "******");
+    assert_eq!(node["instance_info"]["image_source"], "http://10.0.2.2:8080/disk.raw");
+}

@@ -18,7 +18,7 @@ use ferric_protocol::CleanStep;
 
 /// Members of Ironic's provision request that Ferric does not act on yet.
 const UNSUPPORTED_PROVISION_MEMBERS: &[&str] =
-    &["configdrive", "deploy_steps", "service_steps", "rescue_password", "disable_ramdisk", "runbook"];
+    &["deploy_steps", "service_steps", "rescue_password", "disable_ramdisk", "runbook"];
 
 pub async fn states(
     State(state): State<AppState>,
@@ -40,7 +40,7 @@ pub async fn set_provision_state(
     let Value::Object(request) = body else {
         return Err(Error::Invalid("The provision request must be a JSON object".to_owned()));
     };
-    if let Some(member) = request.keys().find(|key| !["target", "clean_steps"].contains(&key.as_str())) {
+    if let Some(member) = request.keys().find(|key| !["target", "clean_steps", "configdrive"].contains(&key.as_str())) {
         return Err(if UNSUPPORTED_PROVISION_MEMBERS.contains(&member.as_str()) {
             Error::Invalid(format!("\"{member}\" is not supported by Ferric yet"))
         } else {
@@ -65,9 +65,14 @@ pub async fn set_provision_state(
         }
         (_, None) => None,
     };
+    let configdrive = request.get("configdrive").map(|drive| check_configdrive(drive, verb, version)).transpose()?;
     let node_ident = NodeIdent::parse(&ident, version)?;
     let conductor = state.conductor.clone();
-    let node = lock::with_node_locked(&state, node_ident, move |tx, node| {
+    let node = lock::with_node_locked(&state, node_ident, move |tx, mut node| {
+        // Kept with the instance, as Ironic stores it, and masked whenever the node is shown.
+        if let Some(drive) = configdrive {
+            node.instance_info.insert("configdrive".to_owned(), drive);
+        }
         if verb == Verb::Abort && node.provision_state == ProvisionState::DeployWait {
             version.require(microversion::ABORT_DEPLOY_WAIT)?;
         }
@@ -80,6 +85,58 @@ pub async fn set_provision_state(
     tracing::info!(node = %node.uuid, target = %target, state = %node.provision_state, "provisioning action applied");
     let location = format!("{base}/v1/nodes/{ident}/states");
     Ok((StatusCode::ACCEPTED, [(LOCATION, location)]).into_response())
+}
+
+/// Checks a `configdrive` as Ironic does: only with `active`/`deploy` (and `rebuild` from 1.35);
+/// a URL or base64 (gzipped ISO) string, or (from 1.56) an object of `meta_data`, `network_data`,
+/// `user_data` and (from 1.59) `vendor_data`.
+fn check_configdrive(drive: &Value, verb: Verb, version: ApiVersion) -> Result<Value, Error> {
+    let allowed = match verb {
+        Verb::Active | Verb::Deploy => true,
+        Verb::Rebuild => version.at_least(microversion::REBUILD_CONFIGDRIVE),
+        _ => false,
+    };
+    if !allowed {
+        return Err(Error::Invalid(
+            "Adding a config drive is only supported when setting provision state to active or rebuild".to_owned(),
+        ));
+    }
+    let invalid = |reason: String| Error::Invalid(format!("Invalid configdrive format: {reason}"));
+    match drive {
+        Value::String(text) if text.contains("://") || is_base64(text) => Ok(drive.clone()),
+        Value::String(_) => Err(invalid("a string must be a URL or base64-encoded gzipped ISO".to_owned())),
+        Value::Object(fields) => {
+            version.require(microversion::CONFIGDRIVE_DICT)?;
+            for (key, value) in fields {
+                let fits = match key.as_str() {
+                    "meta_data" | "network_data" => value.is_object(),
+                    "user_data" => value.is_object() || value.is_array() || value.is_string() || value.is_null(),
+                    "vendor_data" => {
+                        version.require(microversion::CONFIGDRIVE_VENDOR_DATA)?;
+                        value.is_object()
+                    }
+                    other => {
+                        return Err(invalid(format!(
+                            "Additional properties are not allowed ('{other}' was unexpected)"
+                        )))
+                    }
+                };
+                if !fits {
+                    return Err(invalid(format!("{value} is not valid for '{key}'")));
+                }
+            }
+            Ok(drive.clone())
+        }
+        other => Err(invalid(format!("{other} is not of type 'object', 'string'"))),
+    }
+}
+
+/// Standard base64 with padding, as Ironic's client sends a gzipped ISO.
+fn is_base64(text: &str) -> bool {
+    let text = text.trim();
+    !text.is_empty()
+        && text.len() % 4 == 0
+        && text.trim_end_matches('=').bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
 /// Checks `clean_steps` against Ironic's clean step schema: a non-empty list of objects with
