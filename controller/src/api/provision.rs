@@ -135,7 +135,7 @@ fn check_configdrive(drive: &Value, verb: Verb, version: ApiVersion) -> Result<V
 fn is_base64(text: &str) -> bool {
     let text = text.trim();
     !text.is_empty()
-        && text.len() % 4 == 0
+        && text.len().is_multiple_of(4)
         && text.trim_end_matches('=').bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
