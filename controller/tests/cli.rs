@@ -7,6 +7,7 @@ use std::process::Output;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::report;
 use ferric_controller::api::auth::ApiAuth;
 use ferric_controller::cli::client::{Auth, Client};
 use ferric_controller::cli::{self, Watch};
@@ -294,16 +295,6 @@ fn agent_heartbeat(
         progress,
         log_tail: log.into_iter().map(str::to_owned).collect(),
         inventory: None,
-    }
-}
-
-fn report(task: &Task, status: CommandStatus, error: Option<&str>) -> CommandResult {
-    CommandResult {
-        id: task.id.clone(),
-        command_name: task.command.name().to_owned(),
-        command_status: status,
-        command_error: error.map(str::to_owned),
-        command_result: None,
     }
 }
 

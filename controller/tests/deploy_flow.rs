@@ -2,31 +2,10 @@
 
 mod common;
 
-use common::{fault, Server, MAC, NODE_UUID};
-use ferric_protocol::{Command, CommandResult, CommandStatus, Heartbeat, Inventory, Progress, Task, MASKED_TOKEN};
+use common::{fault, heartbeat, report, Server, MAC, NODE_UUID};
+use ferric_protocol::{Command, CommandStatus, Inventory, Progress, Task, MASKED_TOKEN};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-fn heartbeat(token: &str, command: Option<CommandResult>) -> Heartbeat {
-    Heartbeat {
-        agent_token: token.to_owned(),
-        agent_version: "0.1.0".to_owned(),
-        command,
-        progress: None,
-        log_tail: vec!["agent started".to_owned()],
-        inventory: None,
-    }
-}
-
-fn report(task: &Task, status: CommandStatus, error: Option<&str>) -> CommandResult {
-    CommandResult {
-        id: task.id.clone(),
-        command_name: task.command.name().to_owned(),
-        command_status: status,
-        command_error: error.map(str::to_owned),
-        command_result: None,
-    }
-}
 
 /// Looks up (getting the token) and heartbeats until the write_image task arrives.
 async fn agent_gets_write_image(server: &Server) -> (String, Task) {

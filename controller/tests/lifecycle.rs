@@ -5,34 +5,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{fault, Server, MAC, NODE_UUID};
+use common::{fault, heartbeat, report, Server, MAC, NODE_UUID};
 use ferric_protocol::inventory::{Cpu, Disk, Interface, Memory};
-use ferric_protocol::{CleanStep, Command, CommandResult, CommandStatus, Heartbeat, Inventory, Task, MASKED_TOKEN};
+use ferric_protocol::{CleanStep, Command, CommandStatus, Heartbeat, Inventory, MASKED_TOKEN};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 const GIB: u64 = 1 << 30;
-
-fn heartbeat(token: &str, command: Option<CommandResult>) -> Heartbeat {
-    Heartbeat {
-        agent_token: token.to_owned(),
-        agent_version: "0.1.0".to_owned(),
-        command,
-        progress: None,
-        log_tail: vec![],
-        inventory: None,
-    }
-}
-
-fn report(task: &Task, status: CommandStatus, error: Option<&str>) -> CommandResult {
-    CommandResult {
-        id: task.id.clone(),
-        command_name: task.command.name().to_owned(),
-        command_status: status,
-        command_error: error.map(str::to_owned),
-        command_result: None,
-    }
-}
 
 /// Two CPUs, 2 GiB of RAM, and three disks: too small for a root disk (2 GiB), the root
 /// disk (10.5 GiB, the smallest of at least 4 GiB) and a larger one (100 GiB).

@@ -2,8 +2,8 @@
 
 mod common;
 
-use common::{fault, Server, NODE_UUID};
-use ferric_protocol::{Command, CommandResult, CommandStatus, Heartbeat, Task};
+use common::{fault, heartbeat, report, Server, NODE_UUID};
+use ferric_protocol::{Command, CommandStatus};
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
@@ -18,36 +18,23 @@ async fn power(server: &Server, body: Value, version: &str) -> Response {
         .unwrap()
 }
 
-fn heartbeat(token: &str, command: Option<CommandResult>) -> Heartbeat {
-    Heartbeat {
-        agent_token: token.to_owned(),
-        agent_version: "0.1.0".to_owned(),
-        command,
-        progress: None,
-        log_tail: Vec::new(),
-        inventory: None,
-    }
-}
-
-fn succeeded(task: &Task) -> CommandResult {
-    CommandResult {
-        id: task.id.clone(),
-        command_name: task.command.name().to_owned(),
-        command_status: CommandStatus::Succeeded,
-        command_error: None,
-        command_result: None,
-    }
-}
-
 /// Plays the agent of a node in `wait call-back` through write_image and reboot, to `active`.
 async fn agent_completes_the_deploy(server: &Server) {
     let token = server.lookup_ok().await.config.agent_token;
     let write = server.heartbeat(&heartbeat(&token, None)).await.task.expect("write_image task");
     assert!(matches!(write.command, Command::WriteImage { .. }), "{write:?}");
-    let reboot = server.heartbeat(&heartbeat(&token, Some(succeeded(&write)))).await.task.expect("reboot task");
+    let reboot = server
+        .heartbeat(&heartbeat(&token, Some(report(&write, CommandStatus::Succeeded, None))))
+        .await
+        .task
+        .expect("reboot task");
     assert_eq!(reboot.command, Command::Reboot);
     assert_eq!(server.node().await["provision_state"], "active");
-    assert!(server.heartbeat(&heartbeat(&token, Some(succeeded(&reboot)))).await.task.is_none());
+    assert!(server
+        .heartbeat(&heartbeat(&token, Some(report(&reboot, CommandStatus::Succeeded, None))))
+        .await
+        .task
+        .is_none());
 }
 
 #[tokio::test]

@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{LATEST, MAC, NODE_UUID, PUBLIC_URL};
+use common::{heartbeat, report, LATEST, MAC, NODE_UUID, PUBLIC_URL};
 use ferric_controller::{serve, Config};
-use ferric_protocol::{Command, CommandResult, CommandStatus, Heartbeat, HeartbeatResponse, LookupResponse, Task};
+use ferric_protocol::{Command, CommandStatus, Heartbeat, HeartbeatResponse, LookupResponse};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -62,27 +62,6 @@ async fn operator(http: &Client, base: &str, method: Method, path: &str, body: V
         .unwrap();
     let status = response.status();
     (status, response.json().await.unwrap_or(Value::Null))
-}
-
-fn heartbeat(token: &str, command: Option<CommandResult>) -> Heartbeat {
-    Heartbeat {
-        agent_token: token.to_owned(),
-        agent_version: "0.1.0".to_owned(),
-        command,
-        progress: None,
-        log_tail: vec!["writing image".to_owned()],
-        inventory: None,
-    }
-}
-
-fn report(task: &Task, status: CommandStatus) -> CommandResult {
-    CommandResult {
-        id: task.id.clone(),
-        command_name: task.command.name().to_owned(),
-        command_status: status,
-        command_error: None,
-        command_result: None,
-    }
 }
 
 /// Sends a heartbeat as the agent does, retrying while the controller is unreachable;
@@ -146,12 +125,13 @@ async fn a_deploy_survives_a_controller_restart() {
     let task = answer.task.expect("the write_image task");
     assert!(matches!(task.command, Command::WriteImage { .. }), "{task:?}");
     let (answer, _) =
-        heartbeat_with_retries(&http, &base, &heartbeat(&token, Some(report(&task, CommandStatus::Running)))).await;
+        heartbeat_with_retries(&http, &base, &heartbeat(&token, Some(report(&task, CommandStatus::Running, None))))
+            .await;
     assert_eq!(answer.task, None);
 
     // The controller dies mid-write; the agent's next heartbeats fail until a new one starts.
     first.kill();
-    let running = heartbeat(&token, Some(report(&task, CommandStatus::Running)));
+    let running = heartbeat(&token, Some(report(&task, CommandStatus::Running, None)));
     let agent = {
         let (http, base) = (http.clone(), base.clone());
         tokio::spawn(async move { heartbeat_with_retries(&http, &base, &running).await })
@@ -163,7 +143,7 @@ async fn a_deploy_survives_a_controller_restart() {
     assert_eq!(answer.task, None, "the running task is not handed out again");
 
     // The write finishes: the new controller completes the deploy with the same token.
-    let done = heartbeat(&token, Some(report(&task, CommandStatus::Succeeded)));
+    let done = heartbeat(&token, Some(report(&task, CommandStatus::Succeeded, None)));
     let (answer, _) = heartbeat_with_retries(&http, &base, &done).await;
     assert_eq!(answer.task.map(|task| task.command), Some(Command::Reboot));
     let (_, node) = operator(&http, &base, Method::GET, &node_path, Value::Null).await;

@@ -426,18 +426,28 @@ impl Tx<'_> {
     }
 
     fn query_nodes(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<Node>, StoreError> {
+        self.query_rows("nodes", NODE_JSON_COLUMNS, NODE_BOOL_COLUMNS, sql, params)
+    }
+
+    /// Runs `sql` over `table` and decodes each row (JSON text and 0/1 columns restored) into `T`.
+    fn query_rows<T: serde::de::DeserializeOwned>(
+        &self,
+        table: &'static str,
+        json_columns: &[&str],
+        bool_columns: &[&str],
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<T>, StoreError> {
         let mut statement = self.0.prepare_cached(sql)?;
-        let rows =
-            statement.query_map(params, |row| Ok(row_to_object(row, "nodes", NODE_JSON_COLUMNS, NODE_BOOL_COLUMNS)))?;
-        let mut nodes = Vec::new();
+        let rows = statement.query_map(params, |row| Ok(row_to_object(row, table, json_columns, bool_columns)))?;
+        let mut records = Vec::new();
         for row in rows {
             let object = row??;
-            nodes.push(
-                serde_json::from_value(Value::Object(object))
-                    .map_err(|source| StoreError::Decode { table: "nodes", source })?,
+            records.push(
+                serde_json::from_value(Value::Object(object)).map_err(|source| StoreError::Decode { table, source })?,
             );
         }
-        Ok(nodes)
+        Ok(records)
     }
 
     pub fn insert_port(&self, port: &Port) -> Result<(), StoreError> {
@@ -484,17 +494,7 @@ impl Tx<'_> {
     }
 
     fn query_ports(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<Port>, StoreError> {
-        let mut statement = self.0.prepare_cached(sql)?;
-        let rows = statement.query_map(params, |row| Ok(row_to_object(row, "ports", &["extra"], &["pxe_enabled"])))?;
-        let mut ports = Vec::new();
-        for row in rows {
-            let object = row??;
-            ports.push(
-                serde_json::from_value(Value::Object(object))
-                    .map_err(|source| StoreError::Decode { table: "ports", source })?,
-            );
-        }
-        Ok(ports)
+        self.query_rows("ports", &["extra"], &["pxe_enabled"], sql, params)
     }
 
     pub fn insert_history(&self, event: &HistoryEvent) -> Result<(), StoreError> {
@@ -503,17 +503,13 @@ impl Tx<'_> {
 
     /// A node's history, oldest first.
     pub fn history(&self, node_uuid: &str) -> Result<Vec<HistoryEvent>, StoreError> {
-        let mut statement = self.0.prepare("SELECT * FROM node_history WHERE node_uuid = ?1 ORDER BY id")?;
-        let rows = statement.query_map(params![node_uuid], |row| Ok(row_to_object(row, "node_history", &[], &[])))?;
-        let mut events = Vec::new();
-        for row in rows {
-            let object = row??;
-            events.push(
-                serde_json::from_value(Value::Object(object))
-                    .map_err(|source| StoreError::Decode { table: "node_history", source })?,
-            );
-        }
-        Ok(events)
+        self.query_rows(
+            "node_history",
+            &[],
+            &[],
+            "SELECT * FROM node_history WHERE node_uuid = ?1 ORDER BY id",
+            params![node_uuid],
+        )
     }
 
     /// Stores (replacing) a node's inventory.

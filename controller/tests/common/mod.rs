@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use ferric_controller::{serve, Config};
-use ferric_protocol::{Heartbeat, HeartbeatResponse, LookupResponse};
+use ferric_protocol::{CommandResult, CommandStatus, Heartbeat, HeartbeatResponse, LookupResponse, Task};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -163,4 +163,27 @@ pub async fn fault(response: Response) -> String {
     let encoded = body["error_message"].as_str().unwrap_or_else(|| panic!("no error_message string in {body}"));
     let inner: Value = serde_json::from_str(encoded).unwrap();
     inner["faultstring"].as_str().unwrap().to_owned()
+}
+
+/// A heartbeat of the simulated agent, reporting `command`.
+pub fn heartbeat(token: &str, command: Option<CommandResult>) -> Heartbeat {
+    Heartbeat {
+        agent_token: token.to_owned(),
+        agent_version: "0.1.0".to_owned(),
+        command,
+        progress: None,
+        log_tail: Vec::new(),
+        inventory: None,
+    }
+}
+
+/// The simulated agent's report on `task`, in IPA's command result shape.
+pub fn report(task: &Task, status: CommandStatus, error: Option<&str>) -> CommandResult {
+    CommandResult {
+        id: task.id.clone(),
+        command_name: task.command.name().to_owned(),
+        command_status: status,
+        command_error: error.map(str::to_owned),
+        command_result: None,
+    }
 }
