@@ -218,6 +218,23 @@ pub const NODE_SORT_KEYS: &[&str] = &[
 /// ties; `None` is `id`) and starting after the row with UUID `marker`. The order is one row
 /// value, so the marker condition is a single comparison in the same order. `sort_key` is
 /// put into the SQL as is: it must come from a fixed list of columns.
+/// `WHERE` conditions of a listing and the values they bind, numbered in order.
+#[derive(Default)]
+struct Filters {
+    conditions: Vec<String>,
+    values: Vec<SqlValue>,
+}
+
+impl Filters {
+    /// Adds `column = value` when a value is given.
+    fn equal(&mut self, column: &str, value: Option<impl Into<SqlValue>>) {
+        if let Some(value) = value {
+            self.values.push(value.into());
+            self.conditions.push(format!("{column} = ?{}", self.values.len()));
+        }
+    }
+}
+
 fn paged_select(
     table: &str,
     mut conditions: Vec<String>,
@@ -366,27 +383,17 @@ impl Tx<'_> {
     }
 
     pub fn list_nodes(&self, query: &NodeQuery) -> Result<Vec<Node>, StoreError> {
-        let mut conditions = Vec::new();
-        let mut values: Vec<SqlValue> = Vec::new();
-        if let Some(state) = query.provision_state {
-            values.push(SqlValue::Text(state.as_str().to_owned()));
-            conditions.push(format!("provision_state = ?{}", values.len()));
-        }
-        if let Some(driver) = &query.driver {
-            values.push(SqlValue::Text(driver.clone()));
-            conditions.push(format!("driver = ?{}", values.len()));
-        }
-        if let Some(maintenance) = query.maintenance {
-            values.push(SqlValue::Integer(maintenance.into()));
-            conditions.push(format!("maintenance = ?{}", values.len()));
-        }
+        let mut filters = Filters::default();
+        filters.equal("provision_state", query.provision_state.map(|state| state.as_str().to_owned()));
+        filters.equal("driver", query.driver.clone());
+        filters.equal("maintenance", query.maintenance.map(i64::from));
         if let Some(associated) = query.associated {
-            conditions.push(if associated { "instance_uuid IS NOT NULL" } else { "instance_uuid IS NULL" }.to_owned());
+            filters
+                .conditions
+                .push(if associated { "instance_uuid IS NOT NULL" } else { "instance_uuid IS NULL" }.to_owned());
         }
-        if let Some(resource_class) = &query.resource_class {
-            values.push(SqlValue::Text(resource_class.clone()));
-            conditions.push(format!("resource_class = ?{}", values.len()));
-        }
+        filters.equal("resource_class", query.resource_class.clone());
+        let Filters { conditions, mut values } = filters;
         let sql = paged_select(
             "nodes",
             conditions,
@@ -467,16 +474,10 @@ impl Tx<'_> {
     }
 
     pub fn list_ports_page(&self, query: &PortQuery) -> Result<Vec<Port>, StoreError> {
-        let mut conditions = Vec::new();
-        let mut values: Vec<SqlValue> = Vec::new();
-        if let Some(node_uuid) = &query.node_uuid {
-            values.push(SqlValue::Text(node_uuid.clone()));
-            conditions.push(format!("node_uuid = ?{}", values.len()));
-        }
-        if let Some(address) = &query.address {
-            values.push(SqlValue::Text(address.clone()));
-            conditions.push(format!("address = ?{}", values.len()));
-        }
+        let mut filters = Filters::default();
+        filters.equal("node_uuid", query.node_uuid.clone());
+        filters.equal("address", query.address.clone());
+        let Filters { conditions, mut values } = filters;
         let sql = paged_select(
             "ports",
             conditions,
