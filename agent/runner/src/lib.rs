@@ -6,7 +6,9 @@
 //! what was being done and what the tool said, not just "exit status 1".
 
 use std::fmt;
+use std::io::Read;
 use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// How many trailing stderr lines an error keeps.
 pub const STDERR_TAIL_LINES: usize = 20;
@@ -22,6 +24,9 @@ pub enum CommandError {
     },
     #[error("{description}: `{command_line}` failed ({status}){}", tail_suffix(.stderr_tail))]
     Failed { description: String, command_line: String, status: String, stderr_tail: String },
+    /// Killed by [`run_with_timeout`]; the tail is what it had written to stderr by then.
+    #[error("{description}: `{command_line}` did not finish within {timeout:?}{}", tail_suffix(.stderr_tail))]
+    TimedOut { description: String, command_line: String, timeout: Duration, stderr_tail: String },
 }
 
 fn tail_suffix(tail: &str) -> String {
@@ -91,6 +96,63 @@ pub fn run(description: impl fmt::Display, cmd: &mut Command) -> Result<Finished
     Ok(Finished { stdout: String::from_utf8_lossy(&output.stdout).into_owned(), stderr_tail: tail })
 }
 
+/// How often [`run_with_timeout`] checks whether the command has finished.
+const EXIT_POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Runs `cmd` to completion like [`run`], but kills it once `timeout` has passed: for tools that
+/// can hang on a peer that stops answering (network clients). Only `cmd` itself is killed, so it should be
+/// a program, not a shell whose children would keep the output pipes open.
+pub fn run_with_timeout(
+    description: impl fmt::Display,
+    cmd: &mut Command,
+    timeout: Duration,
+) -> Result<Finished, CommandError> {
+    let description = description.to_string();
+    let command_line = command_line(cmd);
+    tracing::debug!(%description, %command_line, ?timeout, "running");
+    let spawn_error =
+        |source| CommandError::Spawn { description: description.clone(), command_line: command_line.clone(), source };
+    let mut child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(spawn_error)?;
+    // Both pipes are drained while the command runs, so that a chatty command never blocks on a full pipe.
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(spawn_error)? {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            // An error here means it exited meanwhile; `wait` reaps it either way.
+            let _ = child.kill();
+            child.wait().map_err(spawn_error)?;
+            break None;
+        }
+        std::thread::sleep(EXIT_POLL_INTERVAL);
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let tail = stderr_tail(&stderr.join().unwrap_or_default());
+    match status {
+        None => Err(CommandError::TimedOut { description, command_line, timeout, stderr_tail: tail }),
+        Some(status) if !status.success() => {
+            Err(CommandError::Failed { description, command_line, status: status.to_string(), stderr_tail: tail })
+        }
+        Some(_) => Ok(Finished { stdout: String::from_utf8_lossy(&stdout).into_owned(), stderr_tail: tail }),
+    }
+}
+
+/// Reads `pipe` to its end on a thread of its own.
+fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            // A read error (the child killed mid-write) keeps what was read so far.
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        bytes
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +186,27 @@ mod tests {
         assert_eq!(child.wait().unwrap().code(), Some(4));
         let err = spawn("start a ghost", &mut Command::new("/nonexistent/ghost")).unwrap_err();
         assert!(err.to_string().starts_with("start a ghost: could not start"), "{err}");
+    }
+
+    #[test]
+    fn run_with_timeout_returns_output_of_a_quick_command() {
+        let script = "echo out; echo err >&2";
+        let out = run_with_timeout("quick", Command::new("sh").args(["-c", script]), Duration::from_secs(10)).unwrap();
+        assert_eq!((out.stdout.as_str(), out.stderr_tail.as_str()), ("out\n", "err"));
+        let err = run_with_timeout("fail", Command::new("sh").args(["-c", "exit 2"]), Duration::from_secs(10));
+        assert!(matches!(err, Err(CommandError::Failed { .. })), "{err:?}");
+    }
+
+    #[test]
+    fn run_with_timeout_kills_a_hanging_command_and_keeps_its_stderr() {
+        let started = Instant::now();
+        let script = "echo waiting >&2; exec sleep 30";
+        let err =
+            run_with_timeout("hang", Command::new("sh").args(["-c", script]), Duration::from_millis(300)).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+        let msg = err.to_string();
+        assert!(matches!(err, CommandError::TimedOut { .. }), "{msg}");
+        assert!(msg.starts_with("hang: `sh -c") && msg.contains("did not finish within 300ms: waiting"), "{msg}");
     }
 
     #[test]
