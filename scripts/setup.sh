@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 packages=(
     qemu-system-x86 ovmf ipxe-qemu systemd-boot-efi binutils gdisk dosfstools mtools cpio busybox-static
-    kmod xz-utils zstd dnsmasq-base iproute2 python3-venv
+    kmod xz-utils zstd dnsmasq-base iproute2 python3-venv openipmi ipmitool ipxe curl
 )
 
 as_root() {
@@ -50,13 +50,14 @@ else
     (cd "$kernel_cache" && apt-get download "$kernel_package")
 fi
 
-# The real `baremetal` CLI (python-ironicclient), which the compatibility test drives against the controller.
+# The real `baremetal` CLI (python-ironicclient), which the compatibility test drives against the
+# controller, and the sushy-tools Redfish emulator the Redfish driver is tested against.
 venv=.venv
-if "$venv/bin/baremetal" --version >/dev/null 2>&1; then
-    echo "setup: python-ironicclient present in $venv"
+if "$venv/bin/baremetal" --version >/dev/null 2>&1 && [ -x "$venv/bin/sushy-emulator" ]; then
+    echo "setup: python-ironicclient and sushy-tools present in $venv"
 else
-    echo "setup: installing python-ironicclient into $venv"
+    echo "setup: installing python-ironicclient and sushy-tools into $venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet python-ironicclient
+    "$venv/bin/pip" install --quiet python-ironicclient sushy-tools
     "$venv/bin/baremetal" --version
 fi

@@ -212,6 +212,32 @@ impl Drop for Vm {
 }
 
 fn qemu_args(spec: &VmSpec, vars: &Path, serial_log: &Path) -> Vec<String> {
+    let serial = vec!["-serial".into(), format!("file:{}", serial_log.display())];
+    machine_args(spec, vars, serial, BootFirst::Network)
+}
+
+/// Which device a VM tries first; the other follows in the boot order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootFirst {
+    Network,
+    Disk,
+}
+
+/// QEMU's arguments for `spec` without starting it, for a launcher that runs QEMU itself and starts it
+/// again on every power-on (the simulated BMC of [`crate::ipmi_sim`]). `vars` is the writable firmware
+/// variable store (a copy of [`OVMF_VARS`] the caller keeps across power cycles, as a real machine keeps
+/// its NVRAM); the serial console is appended to `serial_log`, so that one log holds every boot.
+pub fn qemu_argv(spec: &VmSpec, vars: &Path, serial_log: &Path, boot_first: BootFirst) -> Vec<String> {
+    let serial = vec![
+        "-chardev".into(),
+        format!("file,id=serial0,path={},append=on", qemu_path(serial_log)),
+        "-serial".into(),
+        "chardev:serial0".into(),
+    ];
+    machine_args(spec, vars, serial, boot_first)
+}
+
+fn machine_args(spec: &VmSpec, vars: &Path, serial: Vec<String>, boot_first: BootFirst) -> Vec<String> {
     let mut args: Vec<String> = [
         "-name",
         spec.name.as_str(),
@@ -237,19 +263,29 @@ fn qemu_args(spec: &VmSpec, vars: &Path, serial_log: &Path) -> Vec<String> {
         format!("if=pflash,format=raw,readonly=on,file={}", qemu_path(Path::new(OVMF_CODE))),
     ]);
     args.extend(["-drive".into(), format!("if=pflash,format=raw,file={}", qemu_path(vars))]);
-    args.extend(["-serial".into(), format!("file:{}", serial_log.display())]);
+    args.extend(serial);
+    let (nic_boot_index, first_disk_boot_index) = match boot_first {
+        BootFirst::Network => (1, 2),
+        BootFirst::Disk => (spec.disks.len() + 1, 1),
+    };
     if let Some(net) = &spec.network_boot {
         args.extend(["-netdev".into(), format!("user,id=n0,bootfile={}", net.boot_url)]);
         args.extend([
             "-device".into(),
-            format!("virtio-net-pci,netdev=n0,mac={},romfile={IPXE_EFI_VIRTIO_ROM},bootindex=1", net.mac),
+            format!(
+                "virtio-net-pci,netdev=n0,mac={},romfile={IPXE_EFI_VIRTIO_ROM},bootindex={nic_boot_index}",
+                net.mac
+            ),
         ]);
     }
     for (index, disk) in spec.disks.iter().enumerate() {
         // Default (writeback) cache: QEMU writes through to the host file, so the test reads the final
         // bytes once QEMU has exited or been killed.
         args.extend(["-drive".into(), format!("if=none,id=d{index},format=raw,file={}", qemu_path(disk))]);
-        args.extend(["-device".into(), format!("virtio-blk-pci,drive=d{index},bootindex={}", index + 2)]);
+        args.extend([
+            "-device".into(),
+            format!("virtio-blk-pci,drive=d{index},bootindex={}", index + first_disk_boot_index),
+        ]);
     }
     args
 }
@@ -314,6 +350,27 @@ mod tests {
         let args = qemu_args(&spec(None), Path::new("/w/vars.fd"), Path::new("/w/serial.log")).join(" ");
         assert!(!args.contains("netdev") && !args.contains("virtio-net"), "{args}");
         assert!(args.contains("-nodefaults"), "{args}");
+    }
+
+    #[test]
+    fn a_launcher_vm_can_boot_its_disks_first_and_appends_its_serial_log() {
+        let net = NetworkBoot { boot_url: "http://10.0.2.2:8080/boot.ipxe".into(), mac: "52:54:00:fe:00:01".into() };
+        let spec = spec(Some(net));
+        let (vars, serial) = (Path::new("/w/vars.fd"), Path::new("/w/serial,1.log"));
+        let disk_first = qemu_argv(&spec, vars, serial, BootFirst::Disk).join(" ");
+        assert!(
+            disk_first.contains("drive=d0,bootindex=1") && disk_first.contains("drive=d1,bootindex=2"),
+            "{disk_first}"
+        );
+        assert!(disk_first.contains(&format!("romfile={IPXE_EFI_VIRTIO_ROM},bootindex=3")), "{disk_first}");
+        assert!(disk_first.contains("-chardev file,id=serial0,path=/w/serial,,1.log,append=on -serial chardev:serial0"));
+        let network_first = qemu_argv(&spec, vars, serial, BootFirst::Network).join(" ");
+        let fixed = qemu_args(&spec, vars, serial).join(" ");
+        assert_eq!(
+            network_first
+                .replace("-chardev file,id=serial0,path=/w/serial,,1.log,append=on -serial chardev:serial0", ""),
+            fixed.replace("-serial file:/w/serial,1.log", "")
+        );
     }
 
     #[test]
