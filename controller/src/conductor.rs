@@ -15,8 +15,11 @@ use serde_json::{json, Value};
 use tokio::time::MissedTickBehavior;
 
 use crate::agent_token;
+use crate::bmc::{self, Bmc, BootDevice, BootDeviceSetting, PowerAction};
+use crate::boot::boot_mode;
 use crate::error::{error_chain, Error};
 use crate::fsm::{self, Event, ProvisionState, Verb};
+use crate::jobs::{BmcJob, BmcStep, JobOutcome, NodeLock};
 use crate::model::{timestamp, HistoryEvent, JsonObject, Node, Severity};
 use crate::store::{Store, StoreError, Tx};
 use crate::Config;
@@ -49,6 +52,34 @@ const EVENT_TYPE_PROVISIONING: &str = "provisioning";
 const EVENT_TYPE_DEPLOY: &str = "deploy";
 const EVENT_TYPE_CLEANING: &str = "cleaning";
 const EVENT_TYPE_INSPECTION: &str = "introspection";
+/// History `event_type` of BMC calls and of power actions.
+pub const EVENT_TYPE_POWER: &str = "power";
+
+/// The BMC steps that boot a node into the ramdisk: network boot for the next boot, then a reboot
+/// (power on when off).
+const BOOT_RAMDISK: [BmcStep; 2] = [
+    BmcStep::SetBootDevice(BootDeviceSetting { device: BootDevice::Pxe, persistent: false }),
+    BmcStep::Power(PowerAction::Reboot),
+];
+/// The BMC steps that boot a deployed node from its disk, for good.
+const BOOT_INSTANCE: [BmcStep; 2] = [
+    BmcStep::SetBootDevice(BootDeviceSetting { device: BootDevice::Disk, persistent: true }),
+    BmcStep::Power(PowerAction::Reboot),
+];
+
+/// A provisioning action's result: the node as saved, and the BMC work to run next, if any.
+#[derive(Debug)]
+pub struct Action {
+    pub node: Node,
+    pub job: Option<BmcJob>,
+}
+
+/// A heartbeat's answer, and the BMC work it started (with the node's lock), if any.
+#[derive(Debug)]
+pub struct HeartbeatOutcome {
+    pub response: HeartbeatResponse,
+    pub job: Option<(NodeLock, BmcJob)>,
+}
 
 /// Runs operations on nodes with the controller's settings (its name, the heartbeat
 /// interval and the call-back timeouts).
@@ -72,22 +103,73 @@ impl Conductor {
         self.config.heartbeat_interval.as_secs().max(1)
     }
 
+    /// The node's BMC, checked without I/O; Ironic's validation error (400) when `driver_info` is
+    /// incomplete. `None` for hardware types without a BMC.
+    pub fn bmc_for(&self, node: &Node) -> Result<Option<Bmc>, Error> {
+        Bmc::for_node(node, &self.config.bmc).map_err(|error| {
+            Error::Invalid(format!("Failed to validate power/management for node {}: {error}", node.uuid))
+        })
+    }
+
+    /// A job for `node`'s BMC; sets the node's `target_power_state` if the job changes power.
+    pub fn job(
+        &self,
+        node: &mut Node,
+        bmc: Bmc,
+        purpose: &str,
+        steps: &[BmcStep],
+        on_success: &[(Event, &str)],
+        on_failure: Option<Event>,
+    ) -> BmcJob {
+        // Ironic's target_power_state while a power action runs: the state it ends in.
+        if let Some(action) = steps.iter().rev().find_map(|step| match step {
+            BmcStep::Power(action) => Some(*action),
+            _ => None,
+        }) {
+            node.target_power_state = Some(action.resulting_state().as_str().to_owned());
+        }
+        BmcJob {
+            bmc,
+            boot_mode: boot_mode(node),
+            purpose: purpose.to_owned(),
+            steps: steps.to_vec(),
+            on_success: on_success.iter().map(|(event, cause)| (*event, (*cause).to_owned())).collect(),
+            on_failure,
+        }
+    }
+
     /// Applies a provisioning verb. The state change, and the immediate follow-ups of
-    /// operations that have no hardware work yet, happen before this returns. Every verb
-    /// but abort starts new work, which clears the previous `last_error` as in Ironic.
-    pub fn provision(&self, tx: &Tx<'_>, mut node: Node, verb: Verb, now: DateTime<Utc>) -> Result<Node, Error> {
+    /// operations that have no hardware work, happen before this returns; a node with a BMC
+    /// stops in the transient state (`deploying`, `cleaning`...) and the returned job moves it on.
+    /// Every verb but abort starts new work, which clears the previous `last_error` as in Ironic.
+    pub fn provision(&self, tx: &Tx<'_>, mut node: Node, verb: Verb, now: DateTime<Utc>) -> Result<Action, Error> {
         let event = verb.event();
         if fsm::next_state(node.provision_state, event).is_none() {
             return Err(invalid_state(&node, verb.as_str()));
         }
+        let bmc = self.bmc_for(&node)?;
         let change = Change { tx, conductor: self, now };
         let requested = format!("Provisioning action \"{}\" requested", verb.as_str());
+        let mut job = None;
         match verb {
             Verb::Manage => {
                 node.last_error = None;
                 change.apply(&mut node, event, &requested)?;
                 if node.provision_state == ProvisionState::Verifying {
-                    change.apply(&mut node, Event::Done, "Verification finished: no BMC to check yet")?;
+                    match bmc {
+                        Some(bmc) => {
+                            let done = [(Event::Done, "Verification finished: the BMC answered")];
+                            job = Some(self.job(
+                                &mut node,
+                                bmc,
+                                "Verification",
+                                &[BmcStep::ReadPowerState],
+                                &done,
+                                Some(Event::Fail),
+                            ));
+                        }
+                        None => change.apply(&mut node, Event::Done, "Verification finished: no BMC to check")?,
+                    }
                 }
             }
             Verb::Provide => {
@@ -111,7 +193,15 @@ impl Conductor {
                 wipe_agent_state(&mut node);
                 node.last_error = None;
                 change.apply(&mut node, event, &requested)?;
-                change.apply(&mut node, Event::Wait, "Waiting for the agent to call back")?;
+                let waiting = "Waiting for the agent to call back";
+                match bmc {
+                    Some(bmc) => {
+                        let purpose = "Booting the ramdisk for deploy";
+                        let on_success = [(Event::Wait, waiting)];
+                        job = Some(self.job(&mut node, bmc, purpose, &BOOT_RAMDISK, &on_success, Some(Event::Fail)));
+                    }
+                    None => change.apply(&mut node, Event::Wait, waiting)?,
+                }
             }
             Verb::Deleted | Verb::Undeploy => {
                 refuse_if_protected(&node)?;
@@ -120,8 +210,20 @@ impl Conductor {
                 change.apply(&mut node, event, &requested)?;
                 node.instance_info = JsonObject::new();
                 node.instance_uuid = None;
-                change.apply(&mut node, Event::Clean, "Tear down finished: instance_info cleared")?;
-                change.apply(&mut node, Event::Done, "Cleaning finished: no clean steps yet")?;
+                let torn_down = "Tear down finished: instance_info cleared";
+                let cleaned = "Cleaning finished: no clean steps yet";
+                match bmc {
+                    Some(bmc) => {
+                        let purpose = "Tear down";
+                        let steps = [BmcStep::Power(PowerAction::Off)];
+                        let on_success = [(Event::Clean, torn_down), (Event::Done, cleaned)];
+                        job = Some(self.job(&mut node, bmc, purpose, &steps, &on_success, Some(Event::Fail)));
+                    }
+                    None => {
+                        change.apply(&mut node, Event::Clean, torn_down)?;
+                        change.apply(&mut node, Event::Done, cleaned)?;
+                    }
+                }
             }
             Verb::Inspect => {
                 wipe_agent_state(&mut node);
@@ -129,7 +231,15 @@ impl Conductor {
                 node.inspection_started_at = Some(timestamp(now));
                 node.inspection_finished_at = None;
                 change.apply(&mut node, event, &requested)?;
-                change.apply(&mut node, Event::Wait, "Waiting for the agent to send the inventory")?;
+                let waiting = "Waiting for the agent to send the inventory";
+                match bmc {
+                    Some(bmc) => {
+                        let purpose = "Booting the ramdisk for inspection";
+                        let on_success = [(Event::Wait, waiting)];
+                        job = Some(self.job(&mut node, bmc, purpose, &BOOT_RAMDISK, &on_success, Some(Event::Fail)));
+                    }
+                    None => change.apply(&mut node, Event::Wait, waiting)?,
+                }
             }
             Verb::Clean => return Err(clean_steps_required()),
             Verb::Abort if node.provision_state == ProvisionState::DeployWait => {
@@ -160,12 +270,12 @@ impl Conductor {
             }
         }
         change.save(&mut node)?;
-        Ok(node)
+        Ok(Action { node, job })
     }
 
     /// Starts manual cleaning (`clean` with `clean_steps`, checked by the API): the agent runs
     /// the steps one by one from its heartbeats, and the node returns to `manageable`.
-    pub fn clean(&self, tx: &Tx<'_>, mut node: Node, steps: &[CleanStep], now: DateTime<Utc>) -> Result<Node, Error> {
+    pub fn clean(&self, tx: &Tx<'_>, mut node: Node, steps: &[CleanStep], now: DateTime<Utc>) -> Result<Action, Error> {
         if fsm::next_state(node.provision_state, Event::Clean).is_none() {
             return Err(invalid_state(&node, Verb::Clean.as_str()));
         }
@@ -181,9 +291,20 @@ impl Conductor {
         node.last_error = None;
         node.driver_internal_info.insert(CLEAN_STEPS.to_owned(), to_json(&steps));
         change.apply(&mut node, Event::Clean, "Provisioning action \"clean\" requested")?;
-        change.apply(&mut node, Event::Wait, "Waiting for the agent to call back")?;
+        let waiting = "Waiting for the agent to call back";
+        let job = match self.bmc_for(&node)? {
+            Some(bmc) => {
+                let purpose = "Booting the ramdisk for cleaning";
+                let on_success = [(Event::Wait, waiting)];
+                Some(self.job(&mut node, bmc, purpose, &BOOT_RAMDISK, &on_success, Some(Event::Fail)))
+            }
+            None => {
+                change.apply(&mut node, Event::Wait, waiting)?;
+                None
+            }
+        };
         change.save(&mut node)?;
-        Ok(node)
+        Ok(Action { node, job })
     }
 
     /// Answers an agent's lookup for `node`, handing out its token the first time.
@@ -223,7 +344,7 @@ impl Conductor {
         mut node: Node,
         heartbeat: Heartbeat,
         now: DateTime<Utc>,
-    ) -> Result<HeartbeatResponse, Error> {
+    ) -> Result<HeartbeatOutcome, Error> {
         if !agent_token::matches(node.agent_token_hash.as_deref(), &heartbeat.agent_token) {
             return Err(Error::InvalidAgentToken);
         }
@@ -232,7 +353,7 @@ impl Conductor {
         if let Some(inventory) = &heartbeat.inventory {
             tx.put_inventory(&node.uuid, &to_json(inventory), &timestamp(now))?;
         }
-        let Dispatch { task, changed } = match node.provision_state {
+        let Dispatch { task, changed, job } = match node.provision_state {
             ProvisionState::DeployWait => {
                 node.provision_updated_at = Some(timestamp(now));
                 change.dispatch_deploy(&mut node, &heartbeat)?
@@ -256,7 +377,10 @@ impl Conductor {
             }
             NodeChange::More => change.save(&mut node)?,
         }
-        Ok(HeartbeatResponse { task, heartbeat_interval: self.heartbeat_interval_secs() })
+        Ok(HeartbeatOutcome {
+            response: HeartbeatResponse { task, heartbeat_interval: self.heartbeat_interval_secs() },
+            job,
+        })
     }
 
     /// Fails nodes whose agent has not called back in time: deploys and cleanings after their
@@ -296,6 +420,82 @@ impl Conductor {
     }
 }
 
+impl Conductor {
+    /// Records what a BMC job did on its node (locked by the job): an event per step, the power
+    /// state reached, then the job's transitions, or on failure `last_error`, an error event and
+    /// the failure transition.
+    pub fn finish_job(
+        &self,
+        tx: &Tx<'_>,
+        uuid: &str,
+        job: &BmcJob,
+        outcome: JobOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let mut node = tx.node_by_uuid(uuid)?.ok_or_else(|| Error::NodeNotFound(uuid.to_owned()))?;
+        let change = Change { tx, conductor: self, now };
+        for line in &outcome.done {
+            change.record(&node, Severity::Info, EVENT_TYPE_POWER, line, None, None)?;
+        }
+        if let Some(state) = outcome.power_state {
+            node.power_state = Some(state.as_str().to_owned());
+        }
+        node.target_power_state = None;
+        match outcome.failure_message(&job.purpose) {
+            None => {
+                for (event, cause) in &job.on_success {
+                    change.apply(&mut node, *event, cause)?;
+                }
+            }
+            Some(reason) => {
+                tracing::warn!(node = %node.uuid, "{reason}");
+                node.last_error = Some(reason.clone());
+                match job.on_failure {
+                    Some(event) => {
+                        end_agent_work(&mut node);
+                        change.transition(&mut node, event, Severity::Error, EVENT_TYPE_POWER, &reason)?;
+                    }
+                    None => change.record(&node, Severity::Error, EVENT_TYPE_POWER, &reason, None, None)?,
+                }
+            }
+        }
+        change.save(&mut node)?;
+        Ok(())
+    }
+
+    /// Fails the nodes this controller left in a state only a BMC job moves on from: the job
+    /// died with the previous run. Called at start, before their locks are released.
+    pub fn fail_interrupted_jobs(&self, tx: &Tx<'_>, now: DateTime<Utc>) -> Result<Vec<String>, Error> {
+        let change = Change { tx, conductor: self, now };
+        let mut failed = Vec::new();
+        for mut node in tx.nodes_reserved_by(self.name())? {
+            if !JOB_STATES.contains(&node.provision_state) {
+                continue;
+            }
+            let reason = format!(
+                "The controller stopped while the node was {}; its BMC work was interrupted",
+                node.provision_state
+            );
+            node.last_error = Some(reason.clone());
+            node.target_power_state = None;
+            end_agent_work(&mut node);
+            change.transition(&mut node, Event::Fail, Severity::Error, EVENT_TYPE_POWER, &reason)?;
+            change.save(&mut node)?;
+            failed.push(node.uuid);
+        }
+        Ok(failed)
+    }
+}
+
+/// States in which a node waits for its BMC job, and which a failure leaves.
+const JOB_STATES: &[ProvisionState] = &[
+    ProvisionState::Verifying,
+    ProvisionState::Deploying,
+    ProvisionState::Deleting,
+    ProvisionState::Cleaning,
+    ProvisionState::Inspecting,
+];
+
 /// Periodically fails nodes whose agent stopped calling back; never returns.
 pub async fn watch_callback_timeouts(store: Store, conductor: Conductor, every: Duration) -> Infallible {
     let mut ticker = tokio::time::interval(every);
@@ -313,6 +513,8 @@ pub async fn watch_callback_timeouts(store: Store, conductor: Conductor, every: 
 struct Dispatch {
     task: Option<Task>,
     changed: NodeChange,
+    /// BMC work the heartbeat started, with the node's lock.
+    job: Option<(NodeLock, BmcJob)>,
 }
 
 /// Whether a heartbeat changed more than its report, deciding how much is written back.
@@ -325,11 +527,11 @@ enum NodeChange {
 
 impl Dispatch {
     fn report_only(task: Option<Task>) -> Dispatch {
-        Dispatch { task, changed: NodeChange::ReportOnly }
+        Dispatch { task, changed: NodeChange::ReportOnly, job: None }
     }
 
     fn node_changed(task: Option<Task>) -> Dispatch {
-        Dispatch { task, changed: NodeChange::More }
+        Dispatch { task, changed: NodeChange::More, job: None }
     }
 }
 
@@ -492,6 +694,33 @@ impl Change<'_, '_> {
         Ok(Dispatch::node_changed(Some(task)))
     }
 
+    /// Ends a deploy whose image is written on a node with a BMC: the node is locked and the BMC
+    /// makes it boot from its disk for good, then the node is `active`. The agent's work is over;
+    /// the power cycle ends it. If the node is locked by an action, nothing changes: the agent
+    /// reports its success again with its next heartbeat.
+    fn boot_instance(&self, node: &mut Node) -> Result<Dispatch, Error> {
+        let bmc = match Bmc::for_node(node, &self.conductor.config.bmc) {
+            Ok(Some(bmc)) => bmc,
+            Ok(None) => unreachable!("called for nodes with a BMC"),
+            Err(error) => {
+                self.fail_deploy(node, &format!("Cannot boot the instance: {error}"))?;
+                return Ok(Dispatch::node_changed(None));
+            }
+        };
+        let lock = match NodeLock::take(self.tx, &node.uuid, self.conductor.name()) {
+            Ok(lock) => lock,
+            Err(Error::NodeLocked { .. }) => return Ok(Dispatch::report_only(None)),
+            Err(other) => return Err(other),
+        };
+        node.reservation = Some(lock.owner.clone());
+        self.apply(node, Event::Resume, "Deploy step deploy.write_image succeeded")?;
+        end_agent_work(node);
+        node.last_error = None;
+        let on_success = [(Event::Done, "Deployment finished: the node boots the instance from its disk")];
+        let job = self.conductor.job(node, bmc, "Booting the instance", &BOOT_INSTANCE, &on_success, Some(Event::Fail));
+        Ok(Dispatch { task: None, changed: NodeChange::More, job: Some((lock, job)) })
+    }
+
     /// The deploy's next task for a heartbeat in `wait call-back`.
     fn dispatch_deploy(&self, node: &mut Node, heartbeat: &Heartbeat) -> Result<Dispatch, Error> {
         let Some(task) = assigned_task(node) else {
@@ -518,6 +747,7 @@ impl Change<'_, '_> {
                 self.fail_deploy(node, &format!("Deploy step deploy.write_image failed: {error}"))?;
                 Ok(Dispatch::node_changed(None))
             }
+            CommandStatus::Succeeded if bmc::power_interface(node) != "fake" => self.boot_instance(node),
             CommandStatus::Succeeded => {
                 node.driver_internal_info.remove(AGENT_TASK);
                 self.apply(node, Event::Resume, "Deploy step deploy.write_image succeeded")?;
@@ -547,7 +777,7 @@ pub fn refuse_if_protected(node: &Node) -> Result<(), Error> {
 }
 
 /// Checks that `instance_info` says what to write and how to verify it, naming what is missing.
-fn validate_deploy_image(node: &Node) -> Result<(), Error> {
+pub fn validate_deploy_image(node: &Node) -> Result<(), Error> {
     let info = &node.instance_info;
     let present = |key: &str| info.get(key).is_some_and(|value| !value.is_null() && value != "");
     let mut missing = Vec::new();
@@ -721,6 +951,7 @@ fn json_object(value: Value) -> JsonObject {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bmc::PowerState;
     use ferric_protocol::CommandResult;
 
     const UUID: &str = "0c7e1a1e-5c3f-4f7b-9a5e-3f1f6f0f2a11";
@@ -778,7 +1009,7 @@ mod tests {
         let failed = with_node(available_node(), |tx, node| {
             let conductor = conductor(Duration::from_secs(60));
             let start = Utc::now();
-            let node = conductor.provision(tx, node, Verb::Active, start)?;
+            let node = conductor.provision(tx, node, Verb::Active, start).map(|action| action.node)?;
             assert_eq!(node.provision_state, ProvisionState::DeployWait);
             conductor.lookup(tx, node, start)?;
             assert!(tx.node_by_uuid(UUID)?.unwrap().agent_token_hash.is_some());
@@ -805,7 +1036,7 @@ mod tests {
         node.target_provision_state = Some(ProvisionState::Active);
         node.last_error = Some("Deploy aborted".into());
         let node = with_node(node, |tx, node| {
-            conductor(Duration::from_secs(60)).provision(tx, node, Verb::Deleted, Utc::now())
+            conductor(Duration::from_secs(60)).provision(tx, node, Verb::Deleted, Utc::now()).map(|action| action.node)
         })
         .await
         .unwrap();
@@ -817,7 +1048,7 @@ mod tests {
     async fn a_restarted_agent_gets_its_task_again() {
         let (first, second, third) = with_node(available_node(), |tx, node| {
             let conductor = conductor(Duration::from_secs(60));
-            let node = conductor.provision(tx, node, Verb::Active, Utc::now())?;
+            let node = conductor.provision(tx, node, Verb::Active, Utc::now()).map(|action| action.node)?;
             let node = tx.node_by_uuid(&node.uuid)?.unwrap();
             let lookup = conductor.lookup(tx, node, Utc::now())?;
             let token = lookup.config.agent_token;
@@ -825,10 +1056,10 @@ mod tests {
                 let node = tx.node_by_uuid(UUID)?.unwrap();
                 conductor.heartbeat(tx, node, heartbeat(&token, command), Utc::now())
             };
-            let first = beat(None)?.task.unwrap();
-            let second = beat(Some(stale_report()))?.task.unwrap();
+            let first = beat(None)?.response.task.unwrap();
+            let second = beat(Some(stale_report()))?.response.task.unwrap();
             let running = CommandResult { id: first.id.clone(), command_name: "write_image".into(), ..stale_report() };
-            let third = beat(Some(running))?.task;
+            let third = beat(Some(running))?.response.task;
             Ok((first, second, third))
         })
         .await
@@ -843,7 +1074,7 @@ mod tests {
         let (kept, failed) = with_node(available_node(), |tx, node| {
             let conductor = conductor(Duration::from_secs(60));
             let start = Utc::now();
-            let node = conductor.provision(tx, node, Verb::Active, start)?;
+            let node = conductor.provision(tx, node, Verb::Active, start).map(|action| action.node)?;
             let token = conductor.lookup(tx, node, start)?.config.agent_token;
             let at = |seconds| start + chrono::Duration::seconds(seconds);
             // Heartbeats every 40 s keep the node waiting well past the 60 s timeout...
@@ -865,10 +1096,10 @@ mod tests {
 
     /// Deploys, looks up and heartbeats once; returns the token and the write_image task.
     fn deploy_and_get_task(tx: &Tx<'_>, conductor: &Conductor, node: Node) -> Result<(String, Task), Error> {
-        let node = conductor.provision(tx, node, Verb::Active, Utc::now())?;
+        let node = conductor.provision(tx, node, Verb::Active, Utc::now()).map(|action| action.node)?;
         let token = conductor.lookup(tx, node, Utc::now())?.config.agent_token;
         let node = tx.node_by_uuid(UUID)?.unwrap();
-        let task = conductor.heartbeat(tx, node, heartbeat(&token, None), Utc::now())?.task.unwrap();
+        let task = conductor.heartbeat(tx, node, heartbeat(&token, None), Utc::now())?.response.task.unwrap();
         Ok((token, task))
     }
 
@@ -891,7 +1122,7 @@ mod tests {
                 let node = tx.node_by_uuid(UUID)?.unwrap();
                 conductor.heartbeat(tx, node, heartbeat(&token, command), Utc::now())
             };
-            assert_eq!(beat(Some(report(&task, CommandStatus::Failed)))?.task, None);
+            assert_eq!(beat(Some(report(&task, CommandStatus::Failed)))?.response.task, None);
             assert_eq!(tx.node_by_uuid(UUID)?.unwrap().provision_state, ProvisionState::DeployFailed);
             Ok(beat(None))
         })
@@ -908,7 +1139,7 @@ mod tests {
             let conductor = conductor(Duration::from_secs(60));
             deploy_and_get_task(tx, &conductor, node)?;
             let node = tx.node_by_uuid(UUID)?.unwrap();
-            conductor.provision(tx, node, Verb::Abort, Utc::now())?;
+            conductor.provision(tx, node, Verb::Abort, Utc::now()).map(|action| action.node)?;
             Ok(tx.node_by_uuid(UUID)?.unwrap())
         })
         .await
@@ -927,11 +1158,11 @@ mod tests {
                 let node = tx.node_by_uuid(UUID)?.unwrap();
                 conductor.heartbeat(tx, node, heartbeat(&token, command), Utc::now())
             };
-            let reboot = beat(Some(report(&task, CommandStatus::Succeeded)))?.task.unwrap();
+            let reboot = beat(Some(report(&task, CommandStatus::Succeeded)))?.response.task.unwrap();
             assert_eq!(tx.node_by_uuid(UUID)?.unwrap().provision_state, ProvisionState::Active);
-            let resent = beat(None)?.task;
+            let resent = beat(None)?.response.task;
             assert_eq!(resent.as_ref(), Some(&reboot));
-            let acknowledged = beat(Some(report(&reboot, CommandStatus::Running)))?.task;
+            let acknowledged = beat(Some(report(&reboot, CommandStatus::Running)))?.response.task;
             Ok((resent, acknowledged, beat(None)))
         })
         .await
@@ -950,7 +1181,7 @@ mod tests {
             let later = Utc::now() + chrono::Duration::seconds(5);
             let mut running = heartbeat(&token, Some(report(&task, CommandStatus::Running)));
             running.log_tail = vec!["writing".into()];
-            assert_eq!(conductor.heartbeat(tx, before.clone(), running, later)?.task, None);
+            assert_eq!(conductor.heartbeat(tx, before.clone(), running, later)?.response.task, None);
             Ok((before, tx.node_by_uuid(UUID)?.unwrap()))
         })
         .await
@@ -987,6 +1218,122 @@ mod tests {
         inventory.disks = vec![disk(3 * GIB)];
         set_properties_from_inventory(&mut node, &inventory);
         assert_eq!(node.properties["local_gb"], 0);
+    }
+
+    fn ipmi_node() -> Node {
+        let mut node = available_node();
+        node.driver = "ipmi".into();
+        node.driver_info = json_object(json!({"ipmi_address": "127.0.0.1", "ipmi_port": 6230}));
+        node
+    }
+
+    fn outcome(failure: Option<(BmcStep, crate::bmc::BmcError)>) -> JobOutcome {
+        JobOutcome { done: vec!["BMC 127.0.0.1:6230: done".into()], power_state: Some(PowerState::On), failure }
+    }
+
+    fn unreachable() -> crate::bmc::BmcError {
+        crate::bmc::BmcError::Unreachable {
+            bmc: "127.0.0.1:6230".into(),
+            action: "chassis power on".into(),
+            attempts: 3,
+            reason: "no answer".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bmc_node_boots_the_ramdisk_before_waiting_for_its_agent() {
+        let (started, waiting) = with_node(ipmi_node(), |tx, node| {
+            let conductor = conductor(Duration::from_secs(60));
+            let action = conductor.provision(tx, node, Verb::Active, Utc::now())?;
+            let job = action.job.expect("a BMC job");
+            assert_eq!(job.steps, BOOT_RAMDISK);
+            let started = tx.node_by_uuid(UUID)?.unwrap();
+            conductor.finish_job(tx, UUID, &job, outcome(None), Utc::now())?;
+            Ok((started, tx.node_by_uuid(UUID)?.unwrap()))
+        })
+        .await
+        .unwrap();
+        assert_eq!(started.provision_state, ProvisionState::Deploying);
+        assert_eq!(started.target_power_state.as_deref(), Some("power on"));
+        assert_eq!(waiting.provision_state, ProvisionState::DeployWait);
+        assert_eq!(waiting.power_state.as_deref(), Some("power on"));
+        assert_eq!(waiting.target_power_state, None);
+    }
+
+    #[tokio::test]
+    async fn a_failed_bmc_step_fails_the_deploy_with_the_bmcs_error() {
+        let failed = with_node(ipmi_node(), |tx, node| {
+            let conductor = conductor(Duration::from_secs(60));
+            let job = conductor.provision(tx, node, Verb::Active, Utc::now())?.job.unwrap();
+            let failure = Some((BOOT_RAMDISK[1], unreachable()));
+            conductor.finish_job(tx, UUID, &job, outcome(failure), Utc::now())?;
+            Ok(tx.node_by_uuid(UUID)?.unwrap())
+        })
+        .await
+        .unwrap();
+        assert_eq!(failed.provision_state, ProvisionState::DeployFailed);
+        let error = failed.last_error.unwrap();
+        assert!(error.starts_with("Booting the ramdisk for deploy failed while power action \"rebooting\""), "{error}");
+        assert!(error.contains("127.0.0.1:6230 did not answer chassis power on"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn an_incomplete_driver_info_is_refused_before_any_state_change() {
+        let mut node = ipmi_node();
+        node.driver_info.remove("ipmi_address");
+        let (refused, unchanged) = with_node(node, |tx, node| {
+            let refused = conductor(Duration::from_secs(60)).provision(tx, node, Verb::Active, Utc::now());
+            Ok((refused.unwrap_err(), tx.node_by_uuid(UUID)?.unwrap()))
+        })
+        .await
+        .unwrap();
+        assert!(refused.status().is_client_error());
+        assert!(refused.to_string().contains("ipmi_address"), "{refused}");
+        assert_eq!(unchanged.provision_state, ProvisionState::Available);
+    }
+
+    #[tokio::test]
+    async fn a_written_image_on_a_bmc_node_is_booted_by_the_bmc_not_the_agent() {
+        let (dispatched, job, deploying, active) = with_node(ipmi_node(), |tx, node| {
+            let conductor = conductor(Duration::from_secs(60));
+            let boot = conductor.provision(tx, node, Verb::Active, Utc::now())?.job.unwrap();
+            conductor.finish_job(tx, UUID, &boot, outcome(None), Utc::now())?;
+            let node = tx.node_by_uuid(UUID)?.unwrap();
+            let token = conductor.lookup(tx, node, Utc::now())?.config.agent_token;
+            let node = tx.node_by_uuid(UUID)?.unwrap();
+            let task = conductor.heartbeat(tx, node, heartbeat(&token, None), Utc::now())?.response.task.unwrap();
+            let node = tx.node_by_uuid(UUID)?.unwrap();
+            let done = heartbeat(&token, Some(report(&task, CommandStatus::Succeeded)));
+            let outcome_of_report = conductor.heartbeat(tx, node, done, Utc::now())?;
+            let (lock, job) = outcome_of_report.job.expect("the BMC boots the instance");
+            assert_eq!(lock.uuid, UUID);
+            let deploying = tx.node_by_uuid(UUID)?.unwrap();
+            conductor.finish_job(tx, UUID, &job, outcome(None), Utc::now())?;
+            Ok((outcome_of_report.response.task, job, deploying, tx.node_by_uuid(UUID)?.unwrap()))
+        })
+        .await
+        .unwrap();
+        assert_eq!(dispatched, None, "the agent gets no reboot task");
+        assert_eq!(job.steps, BOOT_INSTANCE);
+        assert_eq!(deploying.provision_state, ProvisionState::Deploying);
+        assert_eq!(deploying.reservation.as_deref(), Some("ferric"));
+        assert_eq!(deploying.agent_token_hash, None);
+        assert_eq!(active.provision_state, ProvisionState::Active);
+    }
+
+    #[tokio::test]
+    async fn work_interrupted_by_a_restart_fails_with_the_reason() {
+        let node = with_node(ipmi_node(), |tx, node| {
+            let conductor = conductor(Duration::from_secs(60));
+            conductor.provision(tx, node, Verb::Active, Utc::now())?;
+            NodeLock::take(tx, UUID, conductor.name())?;
+            assert_eq!(conductor.fail_interrupted_jobs(tx, Utc::now())?, vec![UUID.to_owned()]);
+            Ok(tx.node_by_uuid(UUID)?.unwrap())
+        })
+        .await
+        .unwrap();
+        assert_eq!(node.provision_state, ProvisionState::DeployFailed);
+        assert!(node.last_error.unwrap().contains("interrupted"));
     }
 
     /// A report of a task from the agent's previous life.

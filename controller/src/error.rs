@@ -41,6 +41,9 @@ pub enum Error {
     Unauthorized(String),
     #[error("{0}")]
     NotAcceptable(String),
+    /// A BMC call made for the request failed (Ironic's `IPMIFailure`, `RedfishError`: 500).
+    #[error("{0}")]
+    BmcFailure(String),
     #[error("An internal error occurred; see the controller's log.")]
     Store(#[from] StoreError),
 }
@@ -65,7 +68,7 @@ impl Error {
             Error::Conflict(_) | Error::NodeLocked { .. } => StatusCode::CONFLICT,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
-            Error::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::BmcFailure(_) | Error::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

@@ -3,13 +3,17 @@
 
 pub mod agent_token;
 pub mod api;
+pub mod bmc;
 pub mod boot;
 pub mod cli;
 pub mod conductor;
+pub mod dhcp;
 pub mod error;
 pub mod fsm;
 pub mod ipxe;
+pub mod jobs;
 pub mod model;
+pub mod power_sync;
 pub mod secrets;
 pub mod store;
 
@@ -19,6 +23,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::bmc::BmcSettings;
 use crate::conductor::Conductor;
 use crate::store::{Store, StoreError};
 
@@ -34,6 +39,10 @@ pub const DEFAULT_CLEAN_CALLBACK_TIMEOUT_SECS: u64 = 1800;
 pub const DEFAULT_INSPECT_WAIT_TIMEOUT_SECS: u64 = 1800;
 /// Seconds between agent heartbeats: short, so deploy progress on the node stays current.
 pub const DEFAULT_HEARTBEAT_INTERVAL_SECS: u64 = 2;
+/// Ironic's `[conductor]sync_power_state_interval`: seconds between power state syncs.
+pub const DEFAULT_POWER_SYNC_INTERVAL_SECS: u64 = 60;
+/// Ironic's `[conductor]power_state_sync_max_retries`: failed syncs in a row before maintenance.
+pub const DEFAULT_POWER_SYNC_MAX_FAILURES: u32 = 3;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -61,6 +70,14 @@ pub struct Config {
     pub auth: api::auth::ApiAuth,
     /// `resource_class` of nodes created without one (Ironic's `[DEFAULT]default_resource_class`).
     pub default_resource_class: Option<String>,
+    /// Timeouts and pacing of BMC calls.
+    pub bmc: BmcSettings,
+    /// How often the power state of nodes with a BMC is read and recorded.
+    pub power_sync_interval: Duration,
+    /// Failed power state reads in a row before a node goes into maintenance.
+    pub power_sync_max_failures: u32,
+    /// DHCP for the machines' network (dnsmasq), if the controller takes part in it.
+    pub dhcp: Option<dhcp::DhcpSetup>,
 }
 
 impl Config {
@@ -79,6 +96,10 @@ impl Config {
             conductor_name: "ferric".to_owned(),
             auth: api::auth::ApiAuth::NoAuth,
             default_resource_class: None,
+            bmc: BmcSettings::default(),
+            power_sync_interval: Duration::from_secs(DEFAULT_POWER_SYNC_INTERVAL_SECS),
+            power_sync_max_failures: DEFAULT_POWER_SYNC_MAX_FAILURES,
+            dhcp: None,
         }
     }
 }
@@ -106,13 +127,22 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error("the HTTP server failed")]
     Http(#[source] std::io::Error),
+    #[error("DHCP (dnsmasq) failed")]
+    Dhcp(#[source] dhcp::DhcpError),
 }
 
-/// Serves the API and boot files on `listener`, and fails nodes whose agent timed out in the background,
-/// until the server fails (or the future is dropped).
+/// Serves the API and boot files on `listener`; in the background, fails nodes whose agent timed out,
+/// syncs power states and (if configured) runs DHCP; until one of them fails (or the future is dropped).
 pub async fn serve(config: Config, listener: TcpListener) -> Result<(), ServeError> {
     let state = AppState::open(config)?;
     // As Ironic's conductor on start: this controller's earlier life finished none of its actions.
+    let conductor = state.conductor.clone();
+    let failed = state.store.run(move |tx| conductor.fail_interrupted_jobs(tx, chrono::Utc::now())).await;
+    match failed {
+        Ok(failed) if !failed.is_empty() => tracing::warn!(?failed, "failed nodes whose BMC work was interrupted"),
+        Ok(_) => {}
+        Err(error) => tracing::error!(error = %crate::error::error_chain(&error), "cannot fail interrupted BMC work"),
+    }
     let owner = state.config.conductor_name.clone();
     let released = state.store.run(move |tx| tx.release_reservations_of(&owner)).await?;
     if released > 0 {
@@ -126,9 +156,21 @@ pub async fn serve(config: Config, listener: TcpListener) -> Result<(), ServeErr
         state.conductor.clone(),
         state.config.timeout_check_interval,
     );
+    let power_sync = power_sync::watch_power_states(state.clone(), state.config.power_sync_interval);
+    let dhcp = {
+        let (setup, store) = (state.config.dhcp.clone(), state.store.clone());
+        async move {
+            match setup {
+                Some(setup) => dhcp::run(setup, store).await,
+                None => std::future::pending().await,
+            }
+        }
+    };
     let server = axum::serve(listener, router(state));
     tokio::select! {
         result = server => result.map_err(ServeError::Http),
         never = watcher => match never {},
+        never = power_sync => match never {},
+        error = dhcp => Err(ServeError::Dhcp(error)),
     }
 }

@@ -1,14 +1,18 @@
 //! `ferric-controller serve ...`: runs the controller.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ferric_controller::api::auth::ApiAuth;
+use ferric_controller::bmc::BmcSettings;
+use ferric_controller::dhcp::{AddressMode, DhcpConfig, DhcpSetup, IpxeBinaries, DEFAULT_IPXE_DIR};
 use ferric_controller::{
     serve, Config, DEFAULT_CLEAN_CALLBACK_TIMEOUT_SECS, DEFAULT_DEPLOY_CALLBACK_TIMEOUT_SECS,
     DEFAULT_HEARTBEAT_INTERVAL_SECS, DEFAULT_INSPECT_WAIT_TIMEOUT_SECS, DEFAULT_KERNEL_ARGS,
+    DEFAULT_POWER_SYNC_INTERVAL_SECS, DEFAULT_POWER_SYNC_MAX_FAILURES,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -66,6 +70,45 @@ struct ServeArgs {
     /// `resource_class` given to nodes created without one.
     #[arg(long)]
     default_resource_class: Option<String>,
+    /// Seconds between reads of the power state of nodes with a BMC.
+    #[arg(long, default_value_t = DEFAULT_POWER_SYNC_INTERVAL_SECS)]
+    power_sync_interval: u64,
+    /// Failed power state reads in a row before a node goes into maintenance.
+    #[arg(long, default_value_t = DEFAULT_POWER_SYNC_MAX_FAILURES)]
+    power_sync_max_failures: u32,
+    /// Seconds a power action may take to show in the BMC's reported state.
+    #[arg(long, default_value_t = BmcSettings::default().power_timeout.as_secs())]
+    power_timeout: u64,
+    /// Seconds one BMC call may take, retries included.
+    #[arg(long, default_value_t = BmcSettings::default().command_timeout.as_secs())]
+    bmc_command_timeout: u64,
+    /// Milliseconds between two commands to one BMC.
+    #[arg(long, default_value_t = BmcSettings::default().min_command_interval.as_millis() as u64)]
+    bmc_min_command_interval_ms: u64,
+    /// Run dnsmasq for DHCP and TFTP on this interface: only enrolled MACs get boot options.
+    #[arg(long, requires = "dhcp_range")]
+    dhcp_interface: Option<String>,
+    /// Addresses to lease, `START,END,NETMASK`, or `NETWORK,proxy,NETMASK` next to another DHCP server.
+    #[arg(long)]
+    dhcp_range: Option<AddressMode>,
+    /// Default gateway handed out with leases.
+    #[arg(long)]
+    dhcp_router: Option<Ipv4Addr>,
+    /// DNS server handed out with leases (repeatable).
+    #[arg(long)]
+    dhcp_dns: Vec<Ipv4Addr>,
+    /// Where dnsmasq's configuration, hosts, leases, log and TFTP root live.
+    #[arg(long, default_value = "/var/lib/ferric/dhcp")]
+    dhcp_state_dir: PathBuf,
+    /// Directory with iPXE's undionly.kpxe and snponly.efi/ipxe.efi, served over TFTP to PXE-only NICs.
+    #[arg(long, default_value = DEFAULT_IPXE_DIR)]
+    ipxe_dir: PathBuf,
+    /// Keep this hosts file of enrolled MACs for an operator-run dnsmasq (`dhcp-hostsfile=`), instead of running one.
+    #[arg(long, conflicts_with = "dhcp_interface")]
+    dhcp_hosts_file: Option<PathBuf>,
+    /// The operator's dnsmasq pid file, to signal it when the hosts file changed.
+    #[arg(long, requires = "dhcp_hosts_file")]
+    dhcp_pid_file: Option<PathBuf>,
 }
 
 #[derive(Clone, clap::ValueEnum)]
@@ -90,6 +133,13 @@ async fn main() -> anyhow::Result<()> {
     config.heartbeat_interval = Duration::from_secs(args.heartbeat_interval);
     config.kernel_args = args.kernel_args;
     config.default_resource_class = args.default_resource_class;
+    config.power_sync_interval = Duration::from_secs(args.power_sync_interval.max(1));
+    config.power_sync_max_failures = args.power_sync_max_failures.max(1);
+    config.bmc = BmcSettings {
+        power_timeout: Duration::from_secs(args.power_timeout),
+        command_timeout: Duration::from_secs(args.bmc_command_timeout),
+        min_command_interval: Duration::from_millis(args.bmc_min_command_interval_ms),
+    };
     config.auth = match args.auth_strategy {
         AuthStrategy::Noauth if args.htpasswd.is_some() || args.bearer_tokens.is_some() => {
             anyhow::bail!("--htpasswd and --bearer-tokens need --auth-strategy http_basic")
@@ -97,6 +147,17 @@ async fn main() -> anyhow::Result<()> {
         AuthStrategy::Noauth => ApiAuth::NoAuth,
         AuthStrategy::HttpBasic => ApiAuth::from_files(args.htpasswd.as_deref(), args.bearer_tokens.as_deref())
             .context("cannot load the API credentials")?,
+    };
+    config.dhcp = match (args.dhcp_interface, args.dhcp_range, args.dhcp_hosts_file) {
+        (Some(interface), Some(range), _) => {
+            let ipxe = IpxeBinaries::find(&args.ipxe_dir).context("cannot serve iPXE over TFTP")?;
+            let mut dhcp = DhcpConfig::new(&interface, range, &config.public_url, ipxe, &args.dhcp_state_dir);
+            dhcp.router = args.dhcp_router;
+            dhcp.dns_servers = args.dhcp_dns;
+            Some(DhcpSetup::Managed(dhcp))
+        }
+        (_, _, Some(hosts_file)) => Some(DhcpSetup::External { hosts_file, pid_file: args.dhcp_pid_file }),
+        _ => None,
     };
     if let Ok(hostname) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
         config.conductor_name = hostname.trim().to_owned();

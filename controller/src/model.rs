@@ -139,6 +139,7 @@ pub struct Port {
 #[serde(rename_all = "UPPERCASE")]
 pub enum Severity {
     Info,
+    Warning,
     Error,
 }
 

@@ -63,9 +63,12 @@ async fn drivers_are_listed_and_shown_with_their_interfaces() {
     let missing = server.api(Method::GET, "/v1/drivers/bogus").send().await.unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     assert_eq!(fault(missing).await, "Could not find the following driver(s) or hardware type(s): bogus.");
-    // The properties link each driver carries answers (no driver_info keys are read yet).
+    // The properties link each driver carries answers with the driver_info keys it reads.
     let properties_link = ipmi["properties"][0]["href"].as_str().unwrap();
-    assert_eq!(server.get(path_of(properties_link)).await, json!({}));
+    let properties = server.get(path_of(properties_link)).await;
+    assert!(properties["ipmi_address"].as_str().unwrap().ends_with("Required."), "{properties}");
+    assert!(properties.get("redfish_address").is_none(), "{properties}");
+    assert_eq!(server.get("/v1/drivers/fake-hardware/properties").await, json!({}));
     let missing = server.api(Method::GET, "/v1/drivers/bogus/properties").send().await.unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
 

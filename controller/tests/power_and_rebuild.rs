@@ -73,12 +73,12 @@ async fn fake_power_actions_change_the_power_state_before_the_202() {
     let power_events = history["history"].as_array().unwrap().iter().filter(|e| e["event_type"] == "power").count();
     assert_eq!(power_events, 3, "{history:#}");
 
-    // A real BMC's power interface is not driven yet: refused, the state untouched.
+    // An ipmi node without its BMC's address: refused naming the missing field, the state untouched.
     let patch = json!([{"op": "replace", "path": "/driver", "value": "ipmi"}]);
     assert_eq!(server.patch(patch).await.status(), StatusCode::OK);
     let ipmi = power(&server, json!({"target": "power off"}), common::LATEST).await;
     assert_eq!(ipmi.status(), StatusCode::BAD_REQUEST);
-    assert!(fault(ipmi).await.contains("ipmitool"));
+    assert!(fault(ipmi).await.contains("ipmi_address"));
     assert_eq!(server.node().await["power_state"], "power on");
 
     let missing = server

@@ -63,18 +63,28 @@ impl Controller {
     /// picks a free port and hands it over, and another process may take it in between. One retry on
     /// a fresh port makes that rare race negligible.
     pub fn start(work_dir: &Path, ramdisk_dir: &Path) -> Result<Controller, ControllerError> {
+        Controller::start_with(work_dir, ramdisk_dir, &[])
+    }
+
+    /// As [`Controller::start`], with more `serve` flags (`--power-sync-interval 1`...).
+    pub fn start_with(work_dir: &Path, ramdisk_dir: &Path, extra_args: &[&str]) -> Result<Controller, ControllerError> {
         let binary = paths::workspace_binary("ferric-controller")?;
         fs::create_dir_all(work_dir).map_err(PathIoError::at("create directory", work_dir))?;
-        match Controller::start_on_free_port(&binary, work_dir, ramdisk_dir) {
+        match Controller::start_on_free_port(&binary, work_dir, ramdisk_dir, extra_args) {
             Err(ControllerError::ExitedDuringStartup { log_tail, .. }) if log_tail.contains(ADDRESS_IN_USE) => {
                 tracing::warn!("the controller's port was taken before it could bind; retrying on another");
-                Controller::start_on_free_port(&binary, work_dir, ramdisk_dir)
+                Controller::start_on_free_port(&binary, work_dir, ramdisk_dir, extra_args)
             }
             result => result,
         }
     }
 
-    fn start_on_free_port(binary: &Path, work_dir: &Path, ramdisk_dir: &Path) -> Result<Controller, ControllerError> {
+    fn start_on_free_port(
+        binary: &Path,
+        work_dir: &Path,
+        ramdisk_dir: &Path,
+        extra_args: &[&str],
+    ) -> Result<Controller, ControllerError> {
         let port = free_loopback_port().map_err(ControllerError::FreePort)?;
         let log_path = work_dir.join("controller.log");
         let log = fs::File::create(&log_path).map_err(PathIoError::at("create", &log_path))?;
@@ -89,6 +99,7 @@ impl Controller {
             .arg(format!("http://{HOST_FROM_GUEST}:{port}"))
             .arg("--ramdisk-dir")
             .arg(ramdisk_dir)
+            .args(extra_args)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             // The log is a file that errors quote: no colour escapes.
             .env("NO_COLOR", "1")
@@ -181,6 +192,8 @@ pub enum ClientError {
     FailState { node: String, state: String, wanted: Vec<String>, last_error: String },
     #[error("node {node} still {state:?} after {timeout:?} (wanted {wanted:?}); last_error: {last_error}")]
     Timeout { node: String, state: String, wanted: Vec<String>, timeout: Duration, last_error: String },
+    #[error("node {node}: still not {what} after {timeout:?}; the node: {last}")]
+    Condition { node: String, what: String, timeout: Duration, last: Value },
 }
 
 /// A blocking client for the controller's Ironic-style `/v1` API.
@@ -274,14 +287,48 @@ impl ApiClient {
         }
     }
 
-    fn send_json(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
+    /// Creates a node from `body` (any of Ironic's node fields); returns it.
+    pub fn create_node_from(&self, body: Value) -> Result<Value, ClientError> {
+        self.send_json(Method::POST, "/v1/nodes", Some(body))
+    }
+
+    /// `PUT /v1/nodes/{id}/states/power` with `target` (`power on`, `rebooting`, ...).
+    pub fn set_power_state(&self, node: &str, target: &str) -> Result<(), ClientError> {
+        self.send(Method::PUT, &format!("/v1/nodes/{node}/states/power"), Some(json!({"target": target})))?;
+        Ok(())
+    }
+
+    /// Polls the node every second until `done` holds for it (returns the node) or `timeout` passes;
+    /// `what` names the awaited condition in the error.
+    pub fn wait_for_node(
+        &self,
+        node: &str,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Result<Value, ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let current = self.node(node)?;
+            if done(&current) {
+                return Ok(current);
+            }
+            if Instant::now() >= deadline {
+                return Err(ClientError::Condition { node: node.into(), what: what.into(), timeout, last: current });
+            }
+            std::thread::sleep(POLL_INTERVAL / 4);
+        }
+    }
+
+    /// A request whose successful answer is JSON.
+    pub fn send_json(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
         let url = format!("{}{path}", self.base_url);
         let text = self.send(method.clone(), path, body)?;
         serde_json::from_str(&text).map_err(|_| ClientError::NotJson { method, url, body: text })
     }
 
     /// Sends a request and returns the body of a successful answer.
-    fn send(&self, method: Method, path: &str, body: Option<Value>) -> Result<String, ClientError> {
+    pub fn send(&self, method: Method, path: &str, body: Option<Value>) -> Result<String, ClientError> {
         let url = format!("{}{path}", self.base_url);
         let mut request: RequestBuilder = self.http.request(method.clone(), &url);
         if let Some(body) = body {

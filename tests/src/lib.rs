@@ -2,14 +2,18 @@
 //! runs UEFI QEMU VMs, the real controller binary and an image server, and drives the controller's
 //! Ironic-style API.
 
+pub mod baremetal;
 pub mod controller;
 pub mod demo;
 pub mod disk;
 pub mod image_server;
+pub mod ipmi_sim;
 pub mod path_io;
 pub mod paths;
 pub mod ramdisk;
 pub mod scenario;
+pub mod sim_agent;
+pub mod sushy;
 pub mod testos;
 pub mod vm;
 

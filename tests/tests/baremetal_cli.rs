@@ -2,20 +2,12 @@
 //! real controller through a node's whole life, unchanged and without Keystone, while a simulated agent
 //! speaking the agent protocol makes the deploy complete.
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ferric_protocol::{
-    heartbeat_path, CommandResult, CommandStatus, Heartbeat, HeartbeatResponse, LookupResponse, Task,
-    AGENT_API_VERSION, API_VERSION_HEADER, LOOKUP_PATH,
-};
 use ferric_runner::CommandError;
+use ferric_tests::baremetal::Baremetal;
 use ferric_tests::controller::Controller;
-use ferric_tests::paths;
+use ferric_tests::sim_agent::SimulatedAgent;
 use serde_json::Value;
 
 const MAC: &str = "52:54:00:c1:10:01";
@@ -24,134 +16,7 @@ const IMAGE_SOURCE: &str = "http://127.0.0.1:9/testos.img";
 const IMAGE_CHECKSUM: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 /// The whole test; the client polls a deploy every 10 s, so one deploy takes 10-20 s.
 const TEST_BUDGET: Duration = Duration::from_secs(120);
-/// What one CLI invocation may take (`--wait` included), enforced by coreutils' `timeout`.
-const COMMAND_TIMEOUT_SECS: &str = "90";
 const WAIT_SECS: &str = "60";
-const AGENT_POLL: Duration = Duration::from_millis(300);
-
-/// Runs `.venv/bin/baremetal` against the controller with no authentication, as an operator would.
-struct Baremetal {
-    binary: PathBuf,
-    endpoint: String,
-    home: tempfile::TempDir,
-}
-
-impl Baremetal {
-    fn new(endpoint: String) -> Baremetal {
-        let binary = paths::repo_root().join(".venv/bin/baremetal");
-        assert!(binary.is_file(), "{} is missing: run `bash scripts/setup.sh` first", binary.display());
-        // The client caches negotiated versions under $HOME; a fresh one keeps runs independent.
-        Baremetal { binary, endpoint, home: tempfile::tempdir().unwrap() }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("timeout");
-        cmd.arg(COMMAND_TIMEOUT_SECS)
-            .arg(&self.binary)
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.home.path())
-            .env("LANG", "C.UTF-8")
-            .env("OS_AUTH_TYPE", "none")
-            .env("OS_ENDPOINT", &self.endpoint);
-        cmd
-    }
-
-    fn try_run(&self, args: &[&str]) -> Result<String, CommandError> {
-        let description = format!("baremetal {}", args.join(" "));
-        ferric_runner::run(description, &mut self.command(args)).map(|finished| finished.stdout)
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        self.try_run(args).unwrap_or_else(|error| panic!("{error}"))
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut with_format = args.to_vec();
-        with_format.extend(["-f", "json"]);
-        let stdout = self.run(&with_format);
-        serde_json::from_str(&stdout)
-            .unwrap_or_else(|error| panic!("baremetal {args:?} printed no JSON ({error}): {stdout}"))
-    }
-
-    fn node(&self, node: &str) -> Value {
-        self.json(&["node", "show", node])
-    }
-}
-
-/// An agent in the ramdisk, reduced to its protocol: looks the node up by MAC until the controller
-/// knows it, heartbeats, reports `write_image` running then succeeded, and stops once it reported
-/// the reboot. Returns the tasks it was given.
-fn simulated_agent(base_url: String, stop: Arc<AtomicBool>) -> JoinHandle<Vec<Task>> {
-    std::thread::spawn(move || {
-        let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-        let mut tasks = Vec::new();
-        let lookup_url = format!("{base_url}{LOOKUP_PATH}?addresses={MAC}");
-        let lookup = loop {
-            if stop.load(Ordering::Relaxed) {
-                return tasks;
-            }
-            let response = http.get(&lookup_url).header(API_VERSION_HEADER, AGENT_API_VERSION).send().unwrap();
-            if response.status().is_success() {
-                break response.json::<LookupResponse>().unwrap();
-            }
-            std::thread::sleep(AGENT_POLL);
-        };
-        let heartbeat_url = format!("{base_url}{}", heartbeat_path(&lookup.node.uuid));
-        let mut report: Option<CommandResult> = None;
-        while !stop.load(Ordering::Relaxed) {
-            let heartbeat = Heartbeat {
-                agent_token: lookup.config.agent_token.clone(),
-                agent_version: "simulated".into(),
-                command: report.clone(),
-                progress: None,
-                log_tail: vec!["simulated agent".into()],
-                inventory: None,
-            };
-            let response = http
-                .post(&heartbeat_url)
-                .header(API_VERSION_HEADER, AGENT_API_VERSION)
-                .json(&heartbeat)
-                .send()
-                .unwrap();
-            assert!(response.status().is_success(), "heartbeat refused: {}", response.text().unwrap());
-            let answer: HeartbeatResponse = response.json().unwrap();
-            let reported_reboot = report
-                .as_ref()
-                .is_some_and(|r| r.command_name == "reboot" && r.command_status == CommandStatus::Succeeded);
-            if reported_reboot {
-                return tasks;
-            }
-            report = match (answer.task, report.take()) {
-                (Some(task), _) => {
-                    // A reboot is done at once; an image write is first seen running.
-                    let status =
-                        if task.command.name() == "reboot" { CommandStatus::Succeeded } else { CommandStatus::Running };
-                    let result = command_result(&task, status);
-                    tasks.push(task);
-                    Some(result)
-                }
-                (None, Some(running)) if running.command_status == CommandStatus::Running => {
-                    Some(CommandResult { command_status: CommandStatus::Succeeded, ..running })
-                }
-                (None, previous) => previous,
-            };
-            std::thread::sleep(AGENT_POLL);
-        }
-        tasks
-    })
-}
-
-fn command_result(task: &Task, status: CommandStatus) -> CommandResult {
-    CommandResult {
-        id: task.id.clone(),
-        command_name: task.command.name().into(),
-        command_status: status,
-        command_error: None,
-        command_result: None,
-    }
-}
 
 fn power_state(cli: &Baremetal, node: &str) -> Value {
     cli.node(node)["power_state"].clone()
@@ -213,11 +78,9 @@ fn the_baremetal_cli_drives_a_node_through_its_life() {
     let image_source = format!("image_source={IMAGE_SOURCE}");
     let image_checksum = format!("image_checksum={IMAGE_CHECKSUM}");
     cli.run(&["node", "set", NODE_NAME, "--instance-info", &image_source, "--instance-info", &image_checksum]);
-    let stop_agent = Arc::new(AtomicBool::new(false));
-    let agent = simulated_agent(controller.base_url(), stop_agent.clone());
+    let agent = SimulatedAgent::start(&controller.base_url(), MAC);
     let deployed = cli.try_run(&["node", "deploy", NODE_NAME, "--wait", WAIT_SECS]);
-    stop_agent.store(true, Ordering::Relaxed);
-    let tasks = agent.join().expect("the simulated agent panicked");
+    let tasks = agent.finish();
     deployed.unwrap_or_else(|error| panic!("{error}\n--- controller log ---\n{}", controller.log_tail()));
     let names: Vec<&str> = tasks.iter().map(|task| task.command.name()).collect();
     assert_eq!(names, ["write_image", "reboot"]);

@@ -141,11 +141,37 @@ pub async fn show(
     Ok(Json(render(driver, version, &base, state.conductor.name(), true)))
 }
 
-/// `GET /v1/drivers/{name}/properties`: the `driver_info` keys the driver reads, with their
-/// descriptions. Ferric's drivers read none yet (no BMC access), so the map is empty.
+/// `driver_info` keys of the `ipmi` hardware type, described as Ironic describes them.
+const IPMI_PROPERTIES: &[(&str, &str)] = &[
+    ("ipmi_address", "IP address or hostname of the node. Required."),
+    ("ipmi_port", "remote IPMI RMCP port. Optional, 623 by default."),
+    ("ipmi_username", "username. Optional."),
+    ("ipmi_password", "password. Optional."),
+    ("ipmi_priv_level", "privilege level: ADMINISTRATOR (default), OPERATOR or USER. Optional."),
+    ("ipmi_protocol_version", "the version of the IPMI protocol: \"2.0\" (default) or \"1.5\". Optional."),
+    ("ipmi_cipher_suite", "IPMI 2.0 cipher suite, 3 by default. Optional."),
+];
+
+/// `driver_info` keys of the `redfish` hardware type.
+const REDFISH_PROPERTIES: &[(&str, &str)] = &[
+    ("redfish_address", "The URL address to the Redfish controller. Required."),
+    ("redfish_system_id", "The canonical path to the ComputerSystem resource. Optional when the BMC has one system."),
+    ("redfish_username", "User account with admin/server-profile access privilege. Optional."),
+    ("redfish_password", "User account password. Optional."),
+    ("redfish_verify_ca", "true (default), false, or the path to a CA bundle to verify the BMC's certificate with."),
+    ("redfish_auth_type", "Redfish HTTP client authentication method: auto (default), basic or session."),
+];
+
+/// `GET /v1/drivers/{name}/properties`: the `driver_info` keys the driver reads, with their descriptions.
 pub async fn properties(Path(name): Path<String>) -> Result<Json<Value>, Error> {
-    known_driver(&name)?;
-    Ok(Json(json!({})))
+    let properties = match known_driver(&name)? {
+        "ipmi" => IPMI_PROPERTIES,
+        "redfish" => REDFISH_PROPERTIES,
+        _ => &[],
+    };
+    let map: Map<String, Value> =
+        properties.iter().map(|(key, text)| ((*key).to_owned(), Value::String((*text).to_owned()))).collect();
+    Ok(Json(Value::Object(map)))
 }
 
 #[cfg(test)]

@@ -1,58 +1,52 @@
 //! One action per node at a time, as Ironic's node reservation: the node's `reservation` names
-//! the holding conductor until the action's synchronous part ends, and a request meanwhile gets
-//! 409 NodeLocked. The lock carries an expiry, so one left by a crashed controller is taken over.
-
-use std::time::Duration;
-
-use chrono::Utc;
+//! the holding conductor until the action ends (its BMC job included), and a request meanwhile
+//! gets 409 NodeLocked. The lock carries an expiry, so one left by a crashed controller is taken over.
 
 use super::NodeIdent;
 use crate::error::Error;
-use crate::model::{timestamp, Node};
-use crate::store::{Reservation, Tx};
+use crate::jobs::{self, BmcJob, NodeLock};
+use crate::model::Node;
+use crate::store::Tx;
 use crate::AppState;
 
-/// How long a lock holds without being released: far longer than any synchronous action.
-pub const NODE_LOCK_TTL: Duration = Duration::from_secs(60);
-
-/// Runs `work` on the node while holding its lock: taken in one transaction, `work` in a second,
-/// released in a third whatever `work` returned.
+/// Runs `work` on the node while holding its lock: taken in one transaction, `work` in a second.
+/// Without a job the lock is released in a third, whatever `work` returned; with one, the lock
+/// passes to the job, which releases it when it ends.
 pub async fn with_node_locked<T, F>(state: &AppState, ident: NodeIdent, work: F) -> Result<T, Error>
 where
-    F: FnOnce(&Tx<'_>, Node) -> Result<T, Error> + Send + 'static,
+    F: FnOnce(&Tx<'_>, Node) -> Result<(T, Option<BmcJob>), Error> + Send + 'static,
     T: Send + 'static,
 {
     let owner = state.config.conductor_name.clone();
-    let now = Utc::now();
-    let expires_at = timestamp(now + NODE_LOCK_TTL);
-    let uuid = state
+    let lock = state
         .store
-        .run({
-            let (owner, expires_at) = (owner.clone(), expires_at.clone());
-            move |tx| {
-                let node = ident.load(tx)?;
-                match tx.reserve_node(&node.uuid, &owner, &timestamp(now), &expires_at)? {
-                    Reservation::Granted => Ok(node.uuid),
-                    Reservation::HeldBy(host) => Err(Error::NodeLocked { node: node.uuid, host }),
-                    Reservation::NoSuchNode => Err(Error::NodeNotFound(node.uuid)),
-                }
-            }
+        .run(move |tx| {
+            let node = ident.load(tx)?;
+            NodeLock::take(tx, &node.uuid, &owner)
         })
         .await?;
     let result = state
         .store
         .run({
-            let uuid = uuid.clone();
+            let uuid = lock.uuid.clone();
             move |tx| {
                 let node = tx.node_by_uuid(&uuid)?.ok_or(Error::NodeNotFound(uuid))?;
                 work(tx, node)
             }
         })
         .await;
-    let released = state.store.run(move |tx| tx.release_node(&uuid, &owner, &expires_at)).await;
-    if let Err(error) = released {
-        // The lock lapses at its expiry anyway.
-        tracing::warn!(error = %crate::error::error_chain(&error), "cannot release a node lock");
+    match result {
+        Ok((value, Some(job))) => {
+            jobs::spawn(state.clone(), lock, job);
+            Ok(value)
+        }
+        Ok((value, None)) => {
+            lock.release(&state.store).await;
+            Ok(value)
+        }
+        Err(error) => {
+            lock.release(&state.store).await;
+            Err(error)
+        }
     }
-    result
 }

@@ -5,6 +5,7 @@ pub mod auth;
 mod collection;
 mod drivers;
 mod lock;
+mod management;
 pub mod microversion;
 mod node_fields;
 mod node_view;
@@ -51,6 +52,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/nodes/{node}/states/provision", put(provision::set_provision_state))
         .route("/v1/nodes/{node}/states/power", put(power::set_power_state))
         .route("/v1/nodes/{node}/history", get(provision::history))
+        .route("/v1/nodes/{node}/validate", get(management::validate))
+        .route(
+            "/v1/nodes/{node}/management/boot_device",
+            get(management::get_boot_device).put(management::set_boot_device),
+        )
+        .route("/v1/nodes/{node}/management/boot_device/supported", get(management::supported_boot_devices))
         .route("/v1/nodes/{node}/inventory", get(provision::inventory))
         .route("/v1/ports", get(ports::list).post(ports::create))
         .route("/v1/ports/detail", get(ports::list_detail))

@@ -29,7 +29,8 @@ pub async fn states(
     Ok(Json(node_view::render_states(&node, version)))
 }
 
-/// `PUT /v1/nodes/{node}/states/provision {"target": ...}`: the state changes before the 202.
+/// `PUT /v1/nodes/{node}/states/provision {"target": ...}`: the state changes before the 202; BMC work
+/// (booting the ramdisk, powering off) follows in the background with the node locked.
 pub async fn set_provision_state(
     State(state): State<AppState>,
     version: ApiVersion,
@@ -76,10 +77,11 @@ pub async fn set_provision_state(
         if verb == Verb::Abort && node.provision_state == ProvisionState::DeployWait {
             version.require(microversion::ABORT_DEPLOY_WAIT)?;
         }
-        match &clean_steps {
-            Some(steps) => conductor.clean(tx, node, steps, Utc::now()),
-            None => conductor.provision(tx, node, verb, Utc::now()),
-        }
+        let action = match &clean_steps {
+            Some(steps) => conductor.clean(tx, node, steps, Utc::now())?,
+            None => conductor.provision(tx, node, verb, Utc::now())?,
+        };
+        Ok((action.node, action.job))
     })
     .await?;
     tracing::info!(node = %node.uuid, target = %target, state = %node.provision_state, "provisioning action applied");

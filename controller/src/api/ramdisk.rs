@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::microversion::{self, ApiVersion};
 use super::{JsonBody, NodeIdent, QueryParams};
 use crate::error::Error;
+use crate::jobs;
 use crate::AppState;
 
 /// `GET /v1/lookup?addresses=<mac>,<mac>[&node_uuid=<uuid>]`.
@@ -73,12 +74,15 @@ pub async fn heartbeat(
         serde_json::from_value(body).map_err(|error| Error::Invalid(format!("Invalid heartbeat: {error}")))?;
     let ident = NodeIdent::parse(&ident, version)?;
     let conductor = state.conductor.clone();
-    let response = state
+    let outcome = state
         .store
         .run(move |tx| {
             let node = ident.load(tx)?;
             conductor.heartbeat(tx, node, heartbeat, Utc::now())
         })
         .await?;
-    Ok(Json(response))
+    if let Some((lock, job)) = outcome.job {
+        jobs::spawn(state.clone(), lock, job);
+    }
+    Ok(Json(outcome.response))
 }

@@ -374,6 +374,11 @@ impl Tx<'_> {
         )?)
     }
 
+    /// Nodes whose reservation `owner` holds.
+    pub fn nodes_reserved_by(&self, owner: &str) -> Result<Vec<Node>, StoreError> {
+        self.query_nodes("SELECT * FROM nodes WHERE reservation = ?1 ORDER BY id", params![owner])
+    }
+
     pub fn node_by_uuid(&self, uuid: &str) -> Result<Option<Node>, StoreError> {
         self.query_nodes("SELECT * FROM nodes WHERE uuid = ?1", params![uuid]).map(|mut nodes| nodes.pop())
     }

@@ -1,0 +1,150 @@
+//! The BMC part of a node action. BMCs take seconds to answer, so it runs after the action's
+//! state change, outside any store transaction, while the node stays locked; its outcome then
+//! lands on the node in one transaction: the next state, the power state, an event per step, and
+//! on failure `last_error` and an error event. The lock is released whatever happened.
+
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::bmc::{
+    Bmc, BmcError, BmcSettings, BootDeviceSetting, ManagementInterface, PowerAction, PowerInterface, PowerState,
+};
+use crate::error::{error_chain, Error};
+use crate::fsm::Event;
+use crate::ipxe::BootMode;
+use crate::model::timestamp;
+use crate::store::{Reservation, Store, Tx};
+use crate::AppState;
+
+/// How long the lock of a node with BMC work holds: past the longest BMC job (a few bounded
+/// calls and power waits), so only a crashed controller's lock ever expires.
+pub const JOB_LOCK_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// One BMC call of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BmcStep {
+    SetBootDevice(BootDeviceSetting),
+    Power(PowerAction),
+    ReadPowerState,
+}
+
+impl BmcStep {
+    fn describe(self) -> String {
+        match self {
+            BmcStep::SetBootDevice(setting) => format!(
+                "setting the boot device to {} ({})",
+                setting.device,
+                if setting.persistent { "persistent" } else { "next boot only" }
+            ),
+            BmcStep::Power(action) => format!("power action \"{action}\""),
+            BmcStep::ReadPowerState => "reading the power state".to_owned(),
+        }
+    }
+}
+
+/// BMC work and what it leads to.
+#[derive(Debug, Clone)]
+pub struct BmcJob {
+    pub bmc: Bmc,
+    pub boot_mode: BootMode,
+    /// What the job is for, starting failure messages: "Booting the ramdisk for deploy".
+    pub purpose: String,
+    pub steps: Vec<BmcStep>,
+    /// Transitions applied, in order, once every step succeeded, each with its cause.
+    pub on_success: Vec<(Event, String)>,
+    /// The transition of a failure, `None` when the node stays in its state (a power action at rest).
+    pub on_failure: Option<Event>,
+}
+
+/// What the BMC did, handed to [`crate::conductor::Conductor::finish_job`].
+#[derive(Debug)]
+pub struct JobOutcome {
+    /// A line per step done, for the node's history.
+    pub done: Vec<String>,
+    /// The power state last seen or reached.
+    pub power_state: Option<PowerState>,
+    /// The step that failed and why; the steps after it were not tried.
+    pub failure: Option<(BmcStep, BmcError)>,
+}
+
+impl JobOutcome {
+    /// The node's `last_error` for a failed job.
+    pub fn failure_message(&self, purpose: &str) -> Option<String> {
+        self.failure.as_ref().map(|(step, error)| format!("{purpose} failed while {}: {error}", step.describe()))
+    }
+}
+
+/// Runs the job's steps in order, stopping at the first failure.
+pub async fn execute(job: &BmcJob, settings: &BmcSettings) -> JobOutcome {
+    let mut outcome = JobOutcome { done: Vec::new(), power_state: None, failure: None };
+    for &step in &job.steps {
+        let result = match step {
+            BmcStep::SetBootDevice(setting) => job.bmc.set_boot_device(setting, job.boot_mode).await.map(|()| None),
+            BmcStep::Power(action) => {
+                job.bmc.set_power_state(action, settings.power_timeout).await.map(|()| Some(action.resulting_state()))
+            }
+            BmcStep::ReadPowerState => job.bmc.power_state().await.map(Some),
+        };
+        match result {
+            Ok(power_state) => {
+                outcome.power_state = power_state.or(outcome.power_state);
+                let mut line = format!("BMC {}: done {}", job.bmc.address(), step.describe());
+                if let Some(state) = power_state {
+                    line.push_str(&format!(": {state}"));
+                }
+                outcome.done.push(line);
+            }
+            Err(error) => {
+                tracing::warn!(bmc = %job.bmc.address(), step = %step.describe(), error = %error, "BMC step failed");
+                outcome.failure = Some((step, error));
+                break;
+            }
+        }
+    }
+    outcome
+}
+
+/// A node lock held across tasks: taken by an action, released when its job ends.
+#[derive(Debug, Clone)]
+pub struct NodeLock {
+    pub uuid: String,
+    pub owner: String,
+    pub expires_at: String,
+}
+
+impl NodeLock {
+    /// Takes the node's lock inside `tx` for a job: fails with Ironic's `NodeLocked` if held.
+    pub fn take(tx: &Tx<'_>, uuid: &str, owner: &str) -> Result<NodeLock, Error> {
+        let now = Utc::now();
+        let expires_at = timestamp(now + JOB_LOCK_TTL);
+        match tx.reserve_node(uuid, owner, &timestamp(now), &expires_at)? {
+            Reservation::Granted => Ok(NodeLock { uuid: uuid.to_owned(), owner: owner.to_owned(), expires_at }),
+            Reservation::HeldBy(host) => Err(Error::NodeLocked { node: uuid.to_owned(), host }),
+            Reservation::NoSuchNode => Err(Error::NodeNotFound(uuid.to_owned())),
+        }
+    }
+
+    /// Ends the lock, unless it expired and someone took it over.
+    pub async fn release(self, store: &Store) {
+        let NodeLock { uuid, owner, expires_at } = self;
+        if let Err(error) = store.run(move |tx| tx.release_node(&uuid, &owner, &expires_at)).await {
+            // The lock lapses at its expiry anyway.
+            tracing::warn!(error = %error_chain(&error), "cannot release a node lock");
+        }
+    }
+}
+
+/// Runs `job` in the background, then records its outcome and releases `lock`.
+pub fn spawn(state: AppState, lock: NodeLock, job: BmcJob) {
+    tokio::spawn(async move {
+        let outcome = execute(&job, &state.config.bmc).await;
+        let conductor = state.conductor.clone();
+        let uuid = lock.uuid.clone();
+        let recorded = state.store.run(move |tx| conductor.finish_job(tx, &uuid, &job, outcome, Utc::now())).await;
+        if let Err(error) = recorded {
+            tracing::error!(node = %lock.uuid, error = %error_chain(&error), "cannot record the outcome of BMC work");
+        }
+        lock.release(&state.store).await;
+    });
+}
