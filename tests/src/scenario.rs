@@ -3,10 +3,10 @@
 //! reboots into it.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::controller::{ApiClient, ClientError, Controller, ControllerError};
 use crate::disk;
@@ -125,11 +125,39 @@ impl BootOutcome {
     }
 }
 
-impl DeployEnv {
+/// The deploying VM: UEFI, network boot first (to the controller's iPXE script), then the blank disk.
+fn node_vm_spec(work_dir: &Path, controller: &Controller, mac: &str, disk: &Path) -> VmSpec {
+    VmSpec {
+        name: "node".into(),
+        work_dir: work_dir.join("vm"),
+        memory_mib: VM_MEMORY_MIB,
+        network_boot: Some(NetworkBoot { boot_url: controller.boot_url(), mac: mac.to_owned() }),
+        disks: vec![disk.to_owned()],
+    }
+}
+
+/// Everything a deploy needs but the node: test OS image, image server, controller and a blank disk.
+#[derive(Debug)]
+pub struct DeploySetup {
+    pub name: String,
+    pub work_dir: PathBuf,
+    pub image: TestOsImage,
+    pub image_server: ImageServer,
+    pub controller: Controller,
+    pub client: ApiClient,
+    pub mac: String,
+    pub disk: PathBuf,
+}
+
+impl DeploySetup {
     /// Prepares `name` (a fresh work directory under the scratch dir): builds the test OS with a unique
-    /// token, starts the image server and controller, creates the blank disk, and takes a node with the
-    /// VM's MAC through enroll -> manageable -> available.
-    pub fn prepare(name: &str, ramdisk: &RamdiskPaths, mac: &str, budget: &Budget) -> Result<DeployEnv, ScenarioError> {
+    /// token, starts the image server and the controller (with `controller_flags`), creates the blank disk.
+    pub fn new(
+        name: &str,
+        ramdisk: &RamdiskPaths,
+        mac: &str,
+        controller_flags: &[&str],
+    ) -> Result<DeploySetup, ScenarioError> {
         let work_dir = paths::scratch_dir()?.join("runs").join(name);
         if work_dir.exists() {
             fs::remove_dir_all(&work_dir).map_err(PathIoError::at("remove the old work directory", &work_dir))?;
@@ -141,13 +169,37 @@ impl DeployEnv {
         let image = testos::build(&work_dir.join("testos"), &ramdisk.vmlinuz, &token)?;
         let image_server =
             ImageServer::start([(IMAGE_NAME.to_string(), image.path.clone())]).map_err(ScenarioError::ImageServer)?;
-        let controller = Controller::start(&work_dir.join("controller"), &ramdisk.dir)?;
+        let controller = Controller::start_with(&work_dir.join("controller"), &ramdisk.dir, controller_flags)?;
         let client = controller.client()?;
         let disk = work_dir.join("disk.raw");
         disk::create_sparse(&disk, DISK_BYTES)?;
+        Ok(DeploySetup {
+            name: name.to_owned(),
+            work_dir,
+            image,
+            image_server,
+            controller,
+            client,
+            mac: mac.to_owned(),
+            disk,
+        })
+    }
 
-        let node = client.create_node(name)?;
-        client.create_port(mac, &node)?;
+    /// The VM that deploys: UEFI, network boot first (to the controller's iPXE script), then the blank disk.
+    pub fn vm_spec(&self) -> VmSpec {
+        node_vm_spec(&self.work_dir, &self.controller, &self.mac, &self.disk)
+    }
+
+    /// Enrolls the node with `fields` (its driver and driver_info) and the VM's MAC, and takes it through
+    /// enroll -> manageable -> available.
+    pub fn enroll(self, fields: Value, budget: &Budget) -> Result<DeployEnv, ScenarioError> {
+        let DeploySetup { name, work_dir, image, image_server, controller, client, mac, disk } = self;
+        let mut body = json!({"name": name, "boot_mode": "uefi"});
+        if let (Some(body), Value::Object(fields)) = (body.as_object_mut(), fields) {
+            body.extend(fields);
+        }
+        let node = client.create_node_from(body)?["uuid"].as_str().unwrap_or_default().to_owned();
+        client.create_port(&mac, &node)?;
         client.set_provision_state(&node, "manage")?;
         let timeout = STABLE_STATE_TIMEOUT.min(budget.remaining("manage")?);
         // Not failing on "enroll": a controller may apply the transition after answering; a failed
@@ -156,23 +208,29 @@ impl DeployEnv {
         client.set_provision_state(&node, "provide")?;
         let timeout = STABLE_STATE_TIMEOUT.min(budget.remaining("provide")?);
         client.wait_for_provision_state(&node, &["available"], &["clean failed", "error"], timeout)?;
-        Ok(DeployEnv { work_dir, image, image_server, controller, client, node, mac: mac.to_string(), disk })
+        Ok(DeployEnv { work_dir, image, image_server, controller, client, node, mac, disk })
+    }
+}
+
+impl DeployEnv {
+    /// A [`DeploySetup`] whose node has no BMC (`manual-management`): the test powers the VM.
+    pub fn prepare(name: &str, ramdisk: &RamdiskPaths, mac: &str, budget: &Budget) -> Result<DeployEnv, ScenarioError> {
+        DeploySetup::new(name, ramdisk, mac, &[])?.enroll(json!({"driver": "manual-management"}), budget)
+    }
+
+    /// Points the node's instance at the test OS image (with `image_checksum`) and requests the deploy.
+    pub fn request_deploy(&self, image_checksum: &str) -> Result<(Instant, SystemTime), ScenarioError> {
+        self.client.set_image(&self.node, &self.image_server.guest_url(IMAGE_NAME), image_checksum)?;
+        let requested = (Instant::now(), SystemTime::now());
+        self.client.set_provision_state(&self.node, "active")?;
+        Ok(requested)
     }
 
     /// Sets the node's image (with `image_checksum`), requests the deploy, then powers the VM on: UEFI,
     /// network boot first (to the controller's iPXE script), then the blank disk.
     pub fn start_deploy(&self, image_checksum: &str) -> Result<DeployStarted, ScenarioError> {
-        self.client.set_image(&self.node, &self.image_server.guest_url(IMAGE_NAME), image_checksum)?;
-        let requested_at = Instant::now();
-        let requested_wall = SystemTime::now();
-        self.client.set_provision_state(&self.node, "active")?;
-        let vm = Vm::start(VmSpec {
-            name: "node".into(),
-            work_dir: self.work_dir.join("vm"),
-            memory_mib: VM_MEMORY_MIB,
-            network_boot: Some(NetworkBoot { boot_url: self.controller.boot_url(), mac: self.mac.clone() }),
-            disks: vec![self.disk.clone()],
-        })?;
+        let (requested_at, requested_wall) = self.request_deploy(image_checksum)?;
+        let vm = Vm::start(node_vm_spec(&self.work_dir, &self.controller, &self.mac, &self.disk))?;
         Ok(DeployStarted { vm, requested_at, requested_wall })
     }
 
