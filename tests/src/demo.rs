@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use crate::paths;
 use crate::ramdisk::build_ramdisk;
-use crate::scenario::{history_timeline, BootOutcome, Budget, DeployEnv, ScenarioError, TimelineEntry};
+use crate::scenario::{
+    history_timeline, BootOutcome, Budget, IpmiDeployEnv, IpmiDeployOutcome, ScenarioError, TimelineEntry,
+};
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -56,28 +58,29 @@ impl DemoReport {
     }
 }
 
-/// Builds the ramdisk, deploys the test OS to a blank UEFI VM and checks that it booted and that the
-/// disk holds the image.
+/// Builds the ramdisk, enrolls a blank UEFI VM whose BMC is `ipmi_sim`, deploys the test OS through
+/// the controller alone (it powers the VM through IPMI), and checks that it booted and that the disk
+/// holds the image.
 pub fn run(options: &DemoOptions) -> Result<DemoReport, ScenarioError> {
     let budget = Budget::new(options.budget);
     tracing::info!("building the ramdisk");
     let ramdisk = build_ramdisk(&paths::scratch_dir()?.join("ramdisk"))?;
-    tracing::info!("starting the controller and enrolling the node");
-    let env = DeployEnv::prepare("demo", &ramdisk, &options.mac, &budget)?;
-    tracing::info!(node = %env.node, "deploying; the VM network-boots the ramdisk (TCG is slow: minutes)");
-    let mut started = env.start_deploy(&env.image.sha256)?;
-    let outcome = env.wait_deployed_and_booted(&mut started, &budget)?;
+    tracing::info!("starting the controller and a simulated IPMI BMC, enrolling the node");
+    let ipmi = IpmiDeployEnv::prepare("demo", &ramdisk, &options.mac, &budget)?;
+    let env = &ipmi.env;
+    tracing::info!(node = %env.node, "deploying; the controller powers the VM on through IPMI (TCG is slow)");
+    let IpmiDeployOutcome { boot: outcome, requested_wall } = ipmi.deploy_and_boot(&budget)?;
     env.check_disk_holds_image()?;
 
-    let mut timeline = history_timeline(&env.client.history(&env.node)?, started.requested_wall);
+    let mut timeline = history_timeline(&env.client.history(&env.node)?, requested_wall);
     timeline.extend([
-        TimelineEntry { seconds: 0.0, what: "deploy requested; VM powered on".into() },
+        TimelineEntry { seconds: 0.0, what: "deploy requested".into() },
         TimelineEntry { seconds: outcome.to_active.as_secs_f64(), what: "node seen active by the client".into() },
         TimelineEntry {
             seconds: outcome.to_marker.as_secs_f64(),
             what: format!("deployed OS booted: {}", env.image.marker()),
         },
-        TimelineEntry { seconds: outcome.to_poweroff.as_secs_f64(), what: "VM powered off".into() },
+        TimelineEntry { seconds: outcome.to_poweroff.as_secs_f64(), what: "node seen powered off".into() },
     ]);
     timeline.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
     Ok(DemoReport {

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use crate::controller::{ApiClient, ClientError, Controller, ControllerError};
 use crate::disk;
 use crate::image_server::ImageServer;
+use crate::ipmi_sim::{ChassisVm, IpmiSim, IpmiSimError};
 use crate::path_io::PathIoError;
 use crate::paths::{self, PathError};
 use crate::ramdisk::{RamdiskError, RamdiskPaths};
@@ -54,6 +55,8 @@ pub enum ScenarioError {
         serial_tail: String,
         controller_log_tail: String,
     },
+    #[error("the simulated BMC failed")]
+    Bmc(#[from] IpmiSimError),
     #[error("the time budget of {budget:?} ran out before {step}")]
     OutOfTime { budget: Duration, step: &'static str },
     #[error("disk {disk} differs from image {image} at byte {offset}")]
@@ -285,6 +288,66 @@ impl DeployEnv {
             });
         }
         Ok(())
+    }
+}
+
+/// Controller flags of the IPMI scenario: a fast power state sync, so the deployed OS powering itself
+/// off shows on the node within seconds.
+pub const IPMI_CONTROLLER_FLAGS: &[&str] = &["--power-sync-interval", "2", "--bmc-min-command-interval-ms", "200"];
+
+/// A node whose BMC is OpenIPMI's `ipmi_sim`, powering the VM: the controller drives the whole deploy.
+pub struct IpmiDeployEnv {
+    pub env: DeployEnv,
+    pub bmc: IpmiSim,
+}
+
+/// How an IPMI-driven deploy went, from the deploy request.
+#[derive(Debug, Clone)]
+pub struct IpmiDeployOutcome {
+    pub boot: BootOutcome,
+    pub requested_wall: SystemTime,
+}
+
+impl IpmiDeployEnv {
+    /// A [`DeploySetup`] with the VM behind `ipmi_sim`, enrolled with the `ipmi` driver and available.
+    pub fn prepare(name: &str, ramdisk: &RamdiskPaths, mac: &str, budget: &Budget) -> Result<Self, ScenarioError> {
+        let setup = DeploySetup::new(name, ramdisk, mac, IPMI_CONTROLLER_FLAGS)?;
+        let chassis = ChassisVm::uefi(&setup.vm_spec())?;
+        let bmc = IpmiSim::start(&setup.work_dir.join("bmc"), Some(chassis))?;
+        let env = setup.enroll(json!({"driver": "ipmi", "driver_info": Value::Object(bmc.driver_info())}), budget)?;
+        Ok(IpmiDeployEnv { env, bmc })
+    }
+
+    /// Requests the deploy of the test OS and waits for `active`, the deployed OS's marker, and the
+    /// node seen powered off (the OS powers off; the power state sync records it).
+    pub fn deploy_and_boot(&self, budget: &Budget) -> Result<IpmiDeployOutcome, ScenarioError> {
+        let env = &self.env;
+        let (requested_at, requested_wall) = env.request_deploy(&env.image.sha256)?;
+        let timeout = budget.remaining("waiting for the deploy")?;
+        let node = env.client.wait_for_provision_state(&env.node, &["active"], &["deploy failed", "error"], timeout);
+        let node = node.map_err(|source| self.deploy_error(source))?;
+        let to_active = requested_at.elapsed();
+        self.bmc.wait_for_serial(&env.image.marker(), budget.remaining("waiting for the test OS marker")?)?;
+        let to_marker = requested_at.elapsed();
+        let timeout = POWEROFF_TIMEOUT.min(budget.remaining("waiting for power-off")?);
+        env.client
+            .wait_for_node(&env.node, "seen powered off", timeout, |node| node["power_state"] == "power off")
+            .map_err(|source| self.deploy_error(source))?;
+        let to_poweroff = requested_at.elapsed();
+        Ok(IpmiDeployOutcome { boot: BootOutcome { to_active, to_marker, to_poweroff, node }, requested_wall })
+    }
+
+    fn deploy_error(&self, source: ClientError) -> ScenarioError {
+        let serial = self.bmc.serial_log().unwrap_or_default();
+        ScenarioError::Deploy {
+            source: Box::new(source),
+            serial_tail: format!(
+                "{}\n--- BMC chassis calls ---\n{}",
+                ferric_runner::tail_lines(&serial, SERIAL_TAIL_LINES),
+                self.bmc.chassis_log().join("\n")
+            ),
+            controller_log_tail: self.env.controller.log_tail(),
+        }
     }
 }
 
