@@ -94,6 +94,10 @@ fn redfish_node_through_the_api_power_boot_device_sync_deploy_and_a_silent_bmc()
     let uuid = node["uuid"].as_str().unwrap().to_owned();
     client.create_port(&mac, &uuid).unwrap();
 
+    let validation = cli.json(&["node", "validate", &uuid]);
+    let power = validation.as_array().unwrap().iter().find(|row| row["Interface"] == "power").expect("power row");
+    assert_eq!(power["Result"], true, "{validation}");
+
     // Verification reads the power state through the BMC.
     client.set_provision_state(&uuid, "manage").unwrap();
     let managed = wait(&client, &uuid, "manageable", |n| n["provision_state"] == "manageable" && idle(n));
