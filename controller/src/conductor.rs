@@ -1,6 +1,7 @@
-//! What Ironic's conductor does, minus hardware: provisioning actions, agent lookup and
-//! heartbeat dispatch, and the call-back timeouts. Every function runs inside one
-//! store transaction, so each change to a node is atomic.
+//! What Ironic's conductor does: provisioning actions, agent lookup and heartbeat dispatch, the
+//! call-back timeouts, and the outcome of BMC jobs. Every function runs inside one store
+//! transaction, so each change to a node is atomic; the BMC calls themselves run outside any
+//! transaction, in [`crate::jobs`].
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use serde_json::{json, Value};
 use tokio::time::MissedTickBehavior;
 
 use crate::agent_token;
-use crate::bmc::{self, Bmc, BootDevice, BootDeviceSetting, PowerAction};
+use crate::bmc::{Bmc, BmcError, BootDevice, BootDeviceSetting, PowerAction};
 use crate::boot::boot_mode;
 use crate::error::{error_chain, Error};
 use crate::fsm::{self, Event, ProvisionState, Verb};
@@ -133,6 +134,7 @@ impl Conductor {
             boot_mode: boot_mode(node),
             purpose: purpose.to_owned(),
             steps: steps.to_vec(),
+            power_timeout: self.config.bmc.power_timeout,
             on_success: on_success.iter().map(|(event, cause)| (*event, (*cause).to_owned())).collect(),
             on_failure,
         }
@@ -147,7 +149,17 @@ impl Conductor {
         if fsm::next_state(node.provision_state, event).is_none() {
             return Err(invalid_state(&node, verb.as_str()));
         }
-        let bmc = self.bmc_for(&node)?;
+        // Only the verbs with BMC work need a valid driver_info: abort or provide never refuse over it.
+        let bmc = match verb {
+            Verb::Manage
+            | Verb::Active
+            | Verb::Deploy
+            | Verb::Rebuild
+            | Verb::Deleted
+            | Verb::Undeploy
+            | Verb::Inspect => self.bmc_for(&node)?,
+            _ => None,
+        };
         let change = Change { tx, conductor: self, now };
         let requested = format!("Provisioning action \"{}\" requested", verb.as_str());
         let mut job = None;
@@ -423,15 +435,21 @@ impl Conductor {
 impl Conductor {
     /// Records what a BMC job did on its node (locked by the job): an event per step, the power
     /// state reached, then the job's transitions, or on failure `last_error`, an error event and
-    /// the failure transition.
+    /// the failure transition. A job whose lock lapsed and was taken over records nothing: the
+    /// node is someone else's now.
     pub fn finish_job(
         &self,
         tx: &Tx<'_>,
         uuid: &str,
+        lock: &NodeLock,
         job: &BmcJob,
         outcome: JobOutcome,
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
+        if !tx.holds_reservation(uuid, &lock.owner, &lock.expires_at)? {
+            tracing::error!(node = %uuid, "the node's lock lapsed during its BMC work; its outcome is dropped");
+            return Ok(());
+        }
         let mut node = tx.node_by_uuid(uuid)?.ok_or_else(|| Error::NodeNotFound(uuid.to_owned()))?;
         let change = Change { tx, conductor: self, now };
         for line in &outcome.done {
@@ -447,20 +465,43 @@ impl Conductor {
                     change.apply(&mut node, *event, cause)?;
                 }
             }
-            Some(reason) => {
-                tracing::warn!(node = %node.uuid, "{reason}");
-                node.last_error = Some(reason.clone());
-                match job.on_failure {
-                    Some(event) => {
-                        end_agent_work(&mut node);
-                        change.transition(&mut node, event, Severity::Error, EVENT_TYPE_POWER, &reason)?;
-                    }
-                    None => change.record(&node, Severity::Error, EVENT_TYPE_POWER, &reason, None, None)?,
-                }
-            }
+            Some(reason) => self.fail_job(&change, &mut node, job.on_failure, &reason)?,
         }
         change.save(&mut node)?;
         Ok(())
+    }
+
+    /// Fails the job of a node whose outcome could not be recorded, so that it leaves its job state.
+    pub fn abandon_job(&self, tx: &Tx<'_>, uuid: &str, reason: &str, now: DateTime<Utc>) -> Result<(), Error> {
+        let Some(mut node) = tx.node_by_uuid(uuid)? else { return Ok(()) };
+        let change = Change { tx, conductor: self, now };
+        node.target_power_state = None;
+        let event = JOB_STATES.contains(&node.provision_state).then_some(Event::Fail);
+        self.fail_job(&change, &mut node, event, reason)?;
+        change.save(&mut node)?;
+        Ok(())
+    }
+
+    fn fail_job(
+        &self,
+        change: &Change<'_, '_>,
+        node: &mut Node,
+        event: Option<Event>,
+        reason: &str,
+    ) -> Result<(), Error> {
+        tracing::warn!(node = %node.uuid, "{reason}");
+        node.last_error = Some(reason.to_owned());
+        match event.filter(|event| fsm::next_state(node.provision_state, *event).is_some()) {
+            Some(event) => {
+                if is_cleaning(node.provision_state) {
+                    end_cleaning(node);
+                } else {
+                    end_agent_work(node);
+                }
+                change.transition(node, event, Severity::Error, EVENT_TYPE_POWER, reason)
+            }
+            None => change.record(node, Severity::Error, EVENT_TYPE_POWER, reason, None, None),
+        }
     }
 
     /// Fails the nodes this controller left in a state only a BMC job moves on from: the job
@@ -469,17 +510,19 @@ impl Conductor {
         let change = Change { tx, conductor: self, now };
         let mut failed = Vec::new();
         for mut node in tx.nodes_reserved_by(self.name())? {
-            if !JOB_STATES.contains(&node.provision_state) {
+            let reason = if JOB_STATES.contains(&node.provision_state) {
+                format!(
+                    "The controller stopped while the node was {}; its BMC work was interrupted",
+                    node.provision_state
+                )
+            } else if node.target_power_state.is_some() {
+                "The controller stopped during a power action; the pending power operation was aborted".to_owned()
+            } else {
                 continue;
-            }
-            let reason = format!(
-                "The controller stopped while the node was {}; its BMC work was interrupted",
-                node.provision_state
-            );
-            node.last_error = Some(reason.clone());
+            };
             node.target_power_state = None;
-            end_agent_work(&mut node);
-            change.transition(&mut node, Event::Fail, Severity::Error, EVENT_TYPE_POWER, &reason)?;
+            let event = JOB_STATES.contains(&node.provision_state).then_some(Event::Fail);
+            self.fail_job(&change, &mut node, event, &reason)?;
             change.save(&mut node)?;
             failed.push(node.uuid);
         }
@@ -698,16 +741,16 @@ impl Change<'_, '_> {
     /// makes it boot from its disk for good, then the node is `active`. The agent's work is over;
     /// the power cycle ends it. If the node is locked by an action, nothing changes: the agent
     /// reports its success again with its next heartbeat.
-    fn boot_instance(&self, node: &mut Node) -> Result<Dispatch, Error> {
-        let bmc = match Bmc::for_node(node, &self.conductor.config.bmc) {
-            Ok(Some(bmc)) => bmc,
-            Ok(None) => unreachable!("called for nodes with a BMC"),
+    fn boot_instance(&self, node: &mut Node, bmc: Result<Bmc, BmcError>) -> Result<Dispatch, Error> {
+        let bmc = match bmc {
+            Ok(bmc) => bmc,
             Err(error) => {
                 self.fail_deploy(node, &format!("Cannot boot the instance: {error}"))?;
                 return Ok(Dispatch::node_changed(None));
             }
         };
-        let lock = match NodeLock::take(self.tx, &node.uuid, self.conductor.name()) {
+        let ttl = crate::jobs::lock_ttl(&self.conductor.config.bmc);
+        let lock = match NodeLock::take(self.tx, &node.uuid, self.conductor.name(), ttl) {
             Ok(lock) => lock,
             Err(Error::NodeLocked { .. }) => return Ok(Dispatch::report_only(None)),
             Err(other) => return Err(other),
@@ -747,16 +790,22 @@ impl Change<'_, '_> {
                 self.fail_deploy(node, &format!("Deploy step deploy.write_image failed: {error}"))?;
                 Ok(Dispatch::node_changed(None))
             }
-            CommandStatus::Succeeded if bmc::power_interface(node) != "fake" => self.boot_instance(node),
-            CommandStatus::Succeeded => {
-                node.driver_internal_info.remove(AGENT_TASK);
-                self.apply(node, Event::Resume, "Deploy step deploy.write_image succeeded")?;
-                node.deploy_step = JsonObject::new();
-                node.last_error = None;
-                self.apply(node, Event::Done, "Deployment finished: rebooting into the instance")?;
-                Ok(Dispatch::node_changed(Some(assign_final_task(node, Command::Reboot))))
-            }
+            CommandStatus::Succeeded => match Bmc::for_node(node, &self.conductor.config.bmc) {
+                Ok(None) => self.finish_deploy_by_agent(node),
+                Ok(Some(bmc)) => self.boot_instance(node, Ok(bmc)),
+                Err(error) => self.boot_instance(node, Err(error)),
+            },
         }
+    }
+
+    /// Ends a deploy whose image is written on a node without a BMC: the agent reboots it.
+    fn finish_deploy_by_agent(&self, node: &mut Node) -> Result<Dispatch, Error> {
+        node.driver_internal_info.remove(AGENT_TASK);
+        self.apply(node, Event::Resume, "Deploy step deploy.write_image succeeded")?;
+        node.deploy_step = JsonObject::new();
+        node.last_error = None;
+        self.apply(node, Event::Done, "Deployment finished: rebooting into the instance")?;
+        Ok(Dispatch::node_changed(Some(assign_final_task(node, Command::Reboot))))
     }
 }
 
@@ -1220,6 +1269,11 @@ mod tests {
         assert_eq!(node.properties["local_gb"], 0);
     }
 
+    /// The lock an API action takes before its job runs.
+    fn take_lock(tx: &Tx<'_>) -> Result<NodeLock, Error> {
+        NodeLock::take(tx, UUID, "ferric", Duration::from_secs(60))
+    }
+
     fn ipmi_node() -> Node {
         let mut node = available_node();
         node.driver = "ipmi".into();
@@ -1248,7 +1302,7 @@ mod tests {
             let job = action.job.expect("a BMC job");
             assert_eq!(job.steps, BOOT_RAMDISK);
             let started = tx.node_by_uuid(UUID)?.unwrap();
-            conductor.finish_job(tx, UUID, &job, outcome(None), Utc::now())?;
+            conductor.finish_job(tx, UUID, &take_lock(tx)?, &job, outcome(None), Utc::now())?;
             Ok((started, tx.node_by_uuid(UUID)?.unwrap()))
         })
         .await
@@ -1266,7 +1320,7 @@ mod tests {
             let conductor = conductor(Duration::from_secs(60));
             let job = conductor.provision(tx, node, Verb::Active, Utc::now())?.job.unwrap();
             let failure = Some((BOOT_RAMDISK[1], unreachable()));
-            conductor.finish_job(tx, UUID, &job, outcome(failure), Utc::now())?;
+            conductor.finish_job(tx, UUID, &take_lock(tx)?, &job, outcome(failure), Utc::now())?;
             Ok(tx.node_by_uuid(UUID)?.unwrap())
         })
         .await
@@ -1297,7 +1351,9 @@ mod tests {
         let (dispatched, job, deploying, active) = with_node(ipmi_node(), |tx, node| {
             let conductor = conductor(Duration::from_secs(60));
             let boot = conductor.provision(tx, node, Verb::Active, Utc::now())?.job.unwrap();
-            conductor.finish_job(tx, UUID, &boot, outcome(None), Utc::now())?;
+            let boot_lock = take_lock(tx)?;
+            conductor.finish_job(tx, UUID, &boot_lock, &boot, outcome(None), Utc::now())?;
+            tx.release_node(UUID, &boot_lock.owner, &boot_lock.expires_at)?;
             let node = tx.node_by_uuid(UUID)?.unwrap();
             let token = conductor.lookup(tx, node, Utc::now())?.config.agent_token;
             let node = tx.node_by_uuid(UUID)?.unwrap();
@@ -1308,7 +1364,7 @@ mod tests {
             let (lock, job) = outcome_of_report.job.expect("the BMC boots the instance");
             assert_eq!(lock.uuid, UUID);
             let deploying = tx.node_by_uuid(UUID)?.unwrap();
-            conductor.finish_job(tx, UUID, &job, outcome(None), Utc::now())?;
+            conductor.finish_job(tx, UUID, &lock, &job, outcome(None), Utc::now())?;
             Ok((outcome_of_report.response.task, job, deploying, tx.node_by_uuid(UUID)?.unwrap()))
         })
         .await
@@ -1326,7 +1382,7 @@ mod tests {
         let node = with_node(ipmi_node(), |tx, node| {
             let conductor = conductor(Duration::from_secs(60));
             conductor.provision(tx, node, Verb::Active, Utc::now())?;
-            NodeLock::take(tx, UUID, conductor.name())?;
+            NodeLock::take(tx, UUID, conductor.name(), Duration::from_secs(60))?;
             assert_eq!(conductor.fail_interrupted_jobs(tx, Utc::now())?, vec![UUID.to_owned()]);
             Ok(tx.node_by_uuid(UUID)?.unwrap())
         })

@@ -17,9 +17,13 @@ use crate::model::timestamp;
 use crate::store::{Reservation, Store, Tx};
 use crate::AppState;
 
-/// How long the lock of a node with BMC work holds: past the longest BMC job (a few bounded
-/// calls and power waits), so only a crashed controller's lock ever expires.
-pub const JOB_LOCK_TTL: Duration = Duration::from_secs(15 * 60);
+/// How long a node lock holds: past the longest BMC job these settings allow (two calls and two
+/// power waits, each bounded, with room to spare), so in practice only a crashed controller's
+/// lock expires; a job that outlives it anyway finds its outcome refused and fails the node.
+pub fn lock_ttl(settings: &BmcSettings) -> Duration {
+    const MARGIN: Duration = Duration::from_secs(60);
+    (settings.command_timeout + settings.power_timeout) * 4 + MARGIN
+}
 
 /// One BMC call of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +55,8 @@ pub struct BmcJob {
     /// What the job is for, starting failure messages: "Booting the ramdisk for deploy".
     pub purpose: String,
     pub steps: Vec<BmcStep>,
+    /// How long each power action may take to show in the BMC's state.
+    pub power_timeout: Duration,
     /// Transitions applied, in order, once every step succeeded, each with its cause.
     pub on_success: Vec<(Event, String)>,
     /// The transition of a failure, `None` when the node stays in its state (a power action at rest).
@@ -76,13 +82,13 @@ impl JobOutcome {
 }
 
 /// Runs the job's steps in order, stopping at the first failure.
-pub async fn execute(job: &BmcJob, settings: &BmcSettings) -> JobOutcome {
+pub async fn execute(job: &BmcJob) -> JobOutcome {
     let mut outcome = JobOutcome { done: Vec::new(), power_state: None, failure: None };
     for &step in &job.steps {
         let result = match step {
             BmcStep::SetBootDevice(setting) => job.bmc.set_boot_device(setting, job.boot_mode).await.map(|()| None),
             BmcStep::Power(action) => {
-                job.bmc.set_power_state(action, settings.power_timeout).await.map(|()| Some(action.resulting_state()))
+                job.bmc.set_power_state(action, job.power_timeout).await.map(|()| Some(action.resulting_state()))
             }
             BmcStep::ReadPowerState => job.bmc.power_state().await.map(Some),
         };
@@ -114,10 +120,10 @@ pub struct NodeLock {
 }
 
 impl NodeLock {
-    /// Takes the node's lock inside `tx` for a job: fails with Ironic's `NodeLocked` if held.
-    pub fn take(tx: &Tx<'_>, uuid: &str, owner: &str) -> Result<NodeLock, Error> {
+    /// Takes the node's lock inside `tx` for `ttl`: fails with Ironic's `NodeLocked` if held.
+    pub fn take(tx: &Tx<'_>, uuid: &str, owner: &str, ttl: Duration) -> Result<NodeLock, Error> {
         let now = Utc::now();
-        let expires_at = timestamp(now + JOB_LOCK_TTL);
+        let expires_at = timestamp(now + ttl);
         match tx.reserve_node(uuid, owner, &timestamp(now), &expires_at)? {
             Reservation::Granted => Ok(NodeLock { uuid: uuid.to_owned(), owner: owner.to_owned(), expires_at }),
             Reservation::HeldBy(host) => Err(Error::NodeLocked { node: uuid.to_owned(), host }),
@@ -135,15 +141,32 @@ impl NodeLock {
     }
 }
 
-/// Runs `job` in the background, then records its outcome and releases `lock`.
+/// Runs `job` in the background, then records its outcome and releases `lock`. Whatever happens
+/// (a panic in a driver, a failed transaction), the node leaves its job state and its lock.
 pub fn spawn(state: AppState, lock: NodeLock, job: BmcJob) {
     tokio::spawn(async move {
-        let outcome = execute(&job, &state.config.bmc).await;
+        let running = job.clone();
+        let outcome = match tokio::spawn(async move { execute(&running).await }).await {
+            Ok(outcome) => outcome,
+            Err(panic) => JobOutcome {
+                done: Vec::new(),
+                power_state: None,
+                failure: Some((job.steps[0], crate::bmc::BmcError::Internal(panic.to_string()))),
+            },
+        };
         let conductor = state.conductor.clone();
-        let uuid = lock.uuid.clone();
-        let recorded = state.store.run(move |tx| conductor.finish_job(tx, &uuid, &job, outcome, Utc::now())).await;
+        let (uuid, job_lock) = (lock.uuid.clone(), lock.clone());
+        let recorded =
+            state.store.run(move |tx| conductor.finish_job(tx, &uuid, &job_lock, &job, outcome, Utc::now())).await;
         if let Err(error) = recorded {
             tracing::error!(node = %lock.uuid, error = %error_chain(&error), "cannot record the outcome of BMC work");
+            let conductor = state.conductor.clone();
+            let uuid = lock.uuid.clone();
+            let reason = format!("The outcome of the BMC work could not be recorded: {}", error_chain(&error));
+            let abandoned = state.store.run(move |tx| conductor.abandon_job(tx, &uuid, &reason, Utc::now())).await;
+            if let Err(error) = abandoned {
+                tracing::error!(node = %lock.uuid, error = %error_chain(&error), "cannot fail the node either");
+            }
         }
         lock.release(&state.store).await;
     });

@@ -14,15 +14,20 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 
-use crate::bmc::{self, Bmc, BmcError, PowerInterface, PowerState};
+use crate::bmc::{Bmc, BmcError, PowerInterface, PowerState};
 use crate::conductor::EVENT_TYPE_POWER;
 use crate::error::{error_chain, Error};
+use crate::fsm::ProvisionState;
 use crate::model::{timestamp, HistoryEvent, Node, Severity};
 use crate::store::{NodeQuery, Tx};
 use crate::AppState;
 
 /// Ironic's `fault` for a node whose BMC stopped answering the sync.
 pub const FAULT_POWER_FAILURE: &str = "power failure";
+/// States whose power changes belong to the work under way (Ironic's `SYNC_EXCLUDED_STATES`): the
+/// agent powers the node off or reboots it itself.
+const SYNC_EXCLUDED_STATES: &[ProvisionState] =
+    &[ProvisionState::Enroll, ProvisionState::DeployWait, ProvisionState::CleanWait, ProvisionState::InspectWait];
 /// BMCs asked at once: slow ones must not hold up the rest.
 const CONCURRENT_QUERIES: usize = 8;
 
@@ -45,22 +50,24 @@ pub async fn sync_once(state: &AppState, failures: &mut HashMap<String, u32>) ->
     let nodes = state.store.run(|tx| tx.list_nodes(&NodeQuery::default())).await?;
     let semaphore = Arc::new(Semaphore::new(CONCURRENT_QUERIES));
     let mut queries = JoinSet::new();
-    for node in nodes.into_iter().filter(|node| bmc::power_interface(node) != "fake" && node.reservation.is_none()) {
-        let settings = state.config.bmc.clone();
+    for node in nodes
+        .into_iter()
+        .filter(|node| node.reservation.is_none() && !SYNC_EXCLUDED_STATES.contains(&node.provision_state))
+    {
+        // A node without a BMC, or with an incomplete driver_info (reported by validate and by
+        // the actions that need it), has nothing to sync: not a BMC failure.
+        let Ok(Some(bmc)) = Bmc::for_node(&node, &state.config.bmc) else { continue };
         let semaphore = Arc::clone(&semaphore);
         queries.spawn(async move {
             let _permit = semaphore.acquire_owned().await;
-            let result = match Bmc::for_node(&node, &settings) {
-                Ok(Some(bmc)) => bmc.power_state().await,
-                Ok(None) => unreachable!("only nodes with a BMC are queried"),
-                Err(error) => Err(error),
-            };
-            (node.uuid, result)
+            let result = bmc.power_state().await;
+            (node, result)
         });
     }
     let max_failures = state.config.power_sync_max_failures;
     while let Some(joined) = queries.join_next().await {
-        let Ok((uuid, result)) = joined else { continue };
+        let Ok((queried, result)) = joined else { continue };
+        let uuid = queried.uuid.clone();
         let failed = match &result {
             Ok(_) => {
                 failures.remove(&uuid);
@@ -77,8 +84,8 @@ pub async fn sync_once(state: &AppState, failures: &mut HashMap<String, u32>) ->
             .store
             .run(move |tx| {
                 let Some(node) = tx.node_by_uuid(&uuid)? else { return Ok::<_, Error>(()) };
-                // An action took the node meanwhile: its outcome is the truth.
-                if node.reservation.is_some() {
+                // An action took the node, or ran and finished, meanwhile: its outcome is the truth.
+                if node.reservation.is_some() || node.updated_at != queried.updated_at {
                     return Ok(());
                 }
                 record(tx, node, result, failed, max_failures, &conductor)
@@ -102,9 +109,11 @@ fn record(
         Ok(actual) => {
             if node.maintenance && node.fault.as_deref() == Some(FAULT_POWER_FAILURE) {
                 node.maintenance = false;
+                if node.last_error == node.maintenance_reason {
+                    node.last_error = None;
+                }
                 node.maintenance_reason = None;
                 node.fault = None;
-                node.last_error = None;
                 events
                     .push((Severity::Info, "The BMC answers again: maintenance for power failure cleared".to_owned()));
             }

@@ -17,36 +17,43 @@ where
     F: FnOnce(&Tx<'_>, Node) -> Result<(T, Option<BmcJob>), Error> + Send + 'static,
     T: Send + 'static,
 {
-    let owner = state.config.conductor_name.clone();
-    let lock = state
-        .store
-        .run(move |tx| {
-            let node = ident.load(tx)?;
-            NodeLock::take(tx, &node.uuid, &owner)
-        })
-        .await?;
-    let result = state
-        .store
-        .run({
-            let uuid = lock.uuid.clone();
-            move |tx| {
-                let node = tx.node_by_uuid(&uuid)?.ok_or(Error::NodeNotFound(uuid))?;
-                work(tx, node)
+    // In a task of its own: a client that disconnects drops this request's future, and the lock
+    // must still pass to the job or be released.
+    let state = state.clone();
+    let locked = tokio::spawn(async move {
+        let owner = state.config.conductor_name.clone();
+        let ttl = jobs::lock_ttl(&state.config.bmc);
+        let lock = state
+            .store
+            .run(move |tx| {
+                let node = ident.load(tx)?;
+                NodeLock::take(tx, &node.uuid, &owner, ttl)
+            })
+            .await?;
+        let result = state
+            .store
+            .run({
+                let uuid = lock.uuid.clone();
+                move |tx| {
+                    let node = tx.node_by_uuid(&uuid)?.ok_or(Error::NodeNotFound(uuid))?;
+                    work(tx, node)
+                }
+            })
+            .await;
+        match result {
+            Ok((value, Some(job))) => {
+                jobs::spawn(state.clone(), lock, job);
+                Ok(value)
             }
-        })
-        .await;
-    match result {
-        Ok((value, Some(job))) => {
-            jobs::spawn(state.clone(), lock, job);
-            Ok(value)
+            Ok((value, None)) => {
+                lock.release(&state.store).await;
+                Ok(value)
+            }
+            Err(error) => {
+                lock.release(&state.store).await;
+                Err(error)
+            }
         }
-        Ok((value, None)) => {
-            lock.release(&state.store).await;
-            Ok(value)
-        }
-        Err(error) => {
-            lock.release(&state.store).await;
-            Err(error)
-        }
-    }
+    });
+    locked.await.unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))
 }

@@ -14,7 +14,7 @@ use crate::bmc::{Bmc, BootDevice, BootDeviceSetting, ManagementInterface};
 use crate::boot::boot_mode;
 use crate::conductor::{validate_deploy_image, EVENT_TYPE_POWER};
 use crate::error::Error;
-use crate::jobs::NodeLock;
+use crate::jobs::{self, NodeLock};
 use crate::model::{timestamp, HistoryEvent, Node, Severity};
 use crate::AppState;
 
@@ -49,26 +49,33 @@ pub async fn set_boot_device(
     };
     let setting = BootDeviceSetting { device, persistent };
     let ident = NodeIdent::parse(&ident, version)?;
-    let owner = state.config.conductor_name.clone();
-    let (node, lock) = state
-        .store
-        .run(move |tx| {
-            let node = ident.load(tx)?;
-            let lock = NodeLock::take(tx, &node.uuid, &owner)?;
-            Ok::<_, Error>((node, lock))
-        })
-        .await?;
-    let result = apply_boot_device(&state, &node, setting).await;
-    let (severity, event) = match &result {
-        Ok(()) => (Severity::Info, format!("Boot device set to {}", describe(setting))),
-        Err(error) => (Severity::Error, format!("Setting the boot device to {} failed: {error}", describe(setting))),
-    };
-    let conductor = state.conductor.name().to_owned();
-    let uuid = node.uuid.clone();
-    let recorded = state.store.run(move |tx| record(tx, &uuid, severity, event, &conductor)).await;
-    lock.release(&state.store).await;
-    result?;
-    recorded?;
+    // In a task of its own: a client that disconnects must not leave the node locked.
+    let task = tokio::spawn(async move {
+        let owner = state.config.conductor_name.clone();
+        let ttl = jobs::lock_ttl(&state.config.bmc);
+        let (node, lock) = state
+            .store
+            .run(move |tx| {
+                let node = ident.load(tx)?;
+                let lock = NodeLock::take(tx, &node.uuid, &owner, ttl)?;
+                Ok::<_, Error>((node, lock))
+            })
+            .await?;
+        let result = apply_boot_device(&state, &node, setting).await;
+        let (severity, event) = match &result {
+            Ok(()) => (Severity::Info, format!("Boot device set to {}", describe(setting))),
+            Err(error) => {
+                (Severity::Error, format!("Setting the boot device to {} failed: {error}", describe(setting)))
+            }
+        };
+        let conductor = state.conductor.name().to_owned();
+        let uuid = node.uuid.clone();
+        let recorded = state.store.run(move |tx| record(tx, &uuid, severity, event, &conductor)).await;
+        lock.release(&state.store).await;
+        result?;
+        recorded
+    });
+    task.await.unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -162,7 +169,7 @@ pub async fn validate(
 ) -> Result<Json<Value>, Error> {
     let node = NodeIdent::find(&state, &ident, version).await?;
     let verdict = |result: Result<(), String>| match result {
-        Ok(()) => json!({"result": true, "reason": null}),
+        Ok(()) => json!({"result": true}),
         Err(reason) => json!({"result": false, "reason": reason}),
     };
     let bmc = Bmc::for_node(&node, &state.config.bmc).map(|_| ()).map_err(|error| error.to_string());

@@ -325,6 +325,9 @@ pub async fn delete(
         .store
         .run(move |tx| {
             let node = ident.load(tx)?;
+            if let Some(host) = &node.reservation {
+                return Err(Error::NodeLocked { node: node.uuid.clone(), host: host.clone() });
+            }
             refuse_if_protected(&node)?;
             if let Some(instance) = &node.instance_uuid {
                 return Err(Error::Conflict(format!("Node {} is associated with instance {instance}.", node.uuid)));

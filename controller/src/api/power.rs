@@ -3,6 +3,8 @@
 //! BMC's error as `last_error`) recorded on the node. Nodes of the `fake` power interface
 //! (fake-hardware, manual-management) only record the new state, as Ironic's fake interface.
 
+use std::time::Duration;
+
 use axum::extract::{Path, State};
 use axum::http::header::LOCATION;
 use axum::http::StatusCode;
@@ -57,15 +59,19 @@ pub async fn set_power_state(
         Some(other) => return Err(Error::Invalid(format!("Invalid target: {other}"))),
         None => return Err(Error::Invalid("Missing argument: \"target\"".to_owned())),
     };
-    match request.get("timeout") {
-        None | Some(Value::Null) => {}
+    // Ironic's per-request power timeout, in place of the controller's `--power-timeout`.
+    let timeout = match request.get("timeout") {
+        None | Some(Value::Null) => None,
         Some(timeout) => {
             version.require(microversion::SOFT_POWER_OFF)?;
-            if timeout.as_u64().is_none_or(|seconds| seconds < 1) {
-                return Err(Error::Invalid(format!("Invalid timeout value {timeout}: it must be an integer >= 1")));
+            match timeout.as_u64() {
+                Some(seconds) if seconds >= 1 => Some(Duration::from_secs(seconds)),
+                _ => {
+                    return Err(Error::Invalid(format!("Invalid timeout value {timeout}: it must be an integer >= 1")))
+                }
             }
         }
-    }
+    };
     let node_ident = NodeIdent::parse(&ident, version)?;
     let action = PowerAction::parse(&target_text);
     if action.is_some_and(PowerAction::is_soft) {
@@ -91,7 +97,9 @@ pub async fn set_power_state(
             Some(bmc) => {
                 node.last_error = None;
                 let purpose = format!("Power action \"{action}\"");
-                Some(conductor.job(&mut node, bmc, &purpose, &[BmcStep::Power(action)], &[], None))
+                let mut job = conductor.job(&mut node, bmc, &purpose, &[BmcStep::Power(action)], &[], None);
+                job.power_timeout = timeout.unwrap_or(job.power_timeout);
+                Some(job)
             }
             None => {
                 node.power_state = Some(action.resulting_state().as_str().to_owned());

@@ -73,16 +73,22 @@ pub async fn heartbeat(
     let heartbeat: Heartbeat =
         serde_json::from_value(body).map_err(|error| Error::Invalid(format!("Invalid heartbeat: {error}")))?;
     let ident = NodeIdent::parse(&ident, version)?;
-    let conductor = state.conductor.clone();
-    let outcome = state
-        .store
-        .run(move |tx| {
-            let node = ident.load(tx)?;
-            conductor.heartbeat(tx, node, heartbeat, Utc::now())
-        })
-        .await?;
-    if let Some((lock, job)) = outcome.job {
-        jobs::spawn(state.clone(), lock, job);
-    }
-    Ok(Json(outcome.response))
+    // In a task of its own: a heartbeat may start BMC work, which must start even if the agent
+    // hangs up before the answer.
+    let task = tokio::spawn(async move {
+        let conductor = state.conductor.clone();
+        let outcome = state
+            .store
+            .run(move |tx| {
+                let node = ident.load(tx)?;
+                conductor.heartbeat(tx, node, heartbeat, Utc::now())
+            })
+            .await?;
+        if let Some((lock, job)) = outcome.job {
+            jobs::spawn(state.clone(), lock, job);
+        }
+        Ok::<_, Error>(outcome.response)
+    });
+    let response = task.await.unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))?;
+    Ok(Json(response))
 }

@@ -182,6 +182,9 @@ pub enum BmcError {
     /// The BMC does not offer something the request needs (a reset type, a boot device).
     #[error("BMC {bmc} does not support {what}")]
     Unsupported { bmc: String, what: String },
+    /// The driver itself failed (a panic), not the BMC.
+    #[error("the BMC driver failed: {0}")]
+    Internal(String),
 }
 
 /// Settings shared by every BMC driver (controller flags).

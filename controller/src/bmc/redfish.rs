@@ -344,7 +344,11 @@ impl RedfishBmc {
                     }
                     reported = power.unwrap_or("no PowerState").to_owned();
                 }
-                Ok(Err(err)) => return Err(err),
+                // BMCs often stop answering for a moment during a reset: keep asking until the deadline.
+                Ok(Err(err)) => {
+                    tracing::warn!(bmc = %self.origin, %action, error = %err, "power state poll failed");
+                    reported = format!("an error: {err}");
+                }
                 Err(_elapsed) => break,
             }
             let remaining = deadline.saturating_duration_since(Instant::now());

@@ -366,6 +366,16 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Whether the reservation [`Tx::reserve_node`] granted still stands (not expired and taken over).
+    pub fn holds_reservation(&self, uuid: &str, owner: &str, expires_at: &str) -> Result<bool, StoreError> {
+        let count: i64 = self.0.query_row(
+            "SELECT COUNT(*) FROM nodes WHERE uuid = ?1 AND reservation = ?2 AND reservation_expires_at = ?3",
+            params![uuid, owner, expires_at],
+            |row| row.get(0),
+        )?;
+        Ok(count > 0)
+    }
+
     /// Ends every reservation `owner` holds: a starting controller finished none of them.
     pub fn release_reservations_of(&self, owner: &str) -> Result<usize, StoreError> {
         Ok(self.0.execute(
