@@ -72,20 +72,18 @@ pub struct ChassisVm {
 }
 
 impl ChassisVm {
-    /// The UEFI VM of `spec` as [`vm::Vm`] would run it, with its OVMF variable store copied into
-    /// `spec.work_dir` now and kept across power cycles, and one serial log for all its boots: the
-    /// NIC boots first when the BMC says PXE, the disks otherwise.
-    pub fn uefi(spec: &VmSpec) -> Result<ChassisVm, IpmiSimError> {
-        fs::create_dir_all(&spec.work_dir).map_err(PathIoError::at("create directory", &spec.work_dir))?;
-        let vars = spec.work_dir.join(format!("{}-OVMF_VARS.fd", spec.name));
-        fs::copy(vm::OVMF_VARS, &vars).map_err(PathIoError::at("copy the OVMF variable store to", &vars))?;
+    /// The VM of `spec` as [`vm::Vm`] would run it, UEFI or BIOS as `spec.firmware` says (under UEFI
+    /// with its OVMF variable store copied into `spec.work_dir` now and kept across power cycles), and
+    /// one serial log for all its boots: the NIC boots first when the BMC says PXE, the disks otherwise.
+    pub fn new(spec: &VmSpec) -> Result<ChassisVm, IpmiSimError> {
+        spec.prepare_firmware()?;
         let serial_log = spec.work_dir.join(format!("{}-serial.log", spec.name));
         if serial_log.exists() {
             fs::remove_file(&serial_log).map_err(PathIoError::at("remove", &serial_log))?;
         }
         Ok(ChassisVm {
-            network_boot_args: vm::qemu_argv(spec, &vars, &serial_log, BootFirst::Network),
-            disk_boot_args: vm::qemu_argv(spec, &vars, &serial_log, BootFirst::Disk),
+            network_boot_args: vm::qemu_argv(spec, &serial_log, BootFirst::Network),
+            disk_boot_args: vm::qemu_argv(spec, &serial_log, BootFirst::Disk),
             serial_log,
         })
     }

@@ -16,7 +16,7 @@ use crate::path_io::PathIoError;
 use crate::paths::{self, PathError};
 use crate::ramdisk::{RamdiskError, RamdiskPaths};
 use crate::testos::{self, TestOsError, TestOsImage};
-use crate::vm::{NetworkBoot, Vm, VmError, VmSpec, SERIAL_TAIL_LINES};
+use crate::vm::{Firmware, NetworkBoot, Vm, VmError, VmSpec, SERIAL_TAIL_LINES};
 
 /// The name the image server serves the test OS under.
 pub const IMAGE_NAME: &str = "testos.img";
@@ -133,6 +133,7 @@ fn node_vm_spec(work_dir: &Path, controller: &Controller, mac: &str, disk: &Path
     VmSpec {
         name: "node".into(),
         work_dir: work_dir.join("vm"),
+        firmware: Firmware::Uefi,
         memory_mib: VM_MEMORY_MIB,
         network_boot: Some(NetworkBoot { boot_url: controller.boot_url(), mac: mac.to_owned() }),
         disks: vec![disk.to_owned()],
@@ -312,7 +313,7 @@ impl IpmiDeployEnv {
     /// A [`DeploySetup`] with the VM behind `ipmi_sim`, enrolled with the `ipmi` driver and available.
     pub fn prepare(name: &str, ramdisk: &RamdiskPaths, mac: &str, budget: &Budget) -> Result<Self, ScenarioError> {
         let setup = DeploySetup::new(name, ramdisk, mac, IPMI_CONTROLLER_FLAGS)?;
-        let chassis = ChassisVm::uefi(&setup.vm_spec())?;
+        let chassis = ChassisVm::new(&setup.vm_spec())?;
         let bmc = IpmiSim::start(&setup.work_dir.join("bmc"), Some(chassis))?;
         let env = setup.enroll(json!({"driver": "ipmi", "driver_info": Value::Object(bmc.driver_info())}), budget)?;
         Ok(IpmiDeployEnv { env, bmc })

@@ -1,5 +1,5 @@
-//! UEFI QEMU virtual machines for the tests: OVMF firmware, optional iPXE network boot, raw virtio disks,
-//! serial console to a log file.
+//! QEMU virtual machines for the tests: UEFI (OVMF) or legacy BIOS (SeaBIOS) firmware, optional iPXE network
+//! boot, raw virtio disks, serial console to a log file.
 //!
 //! Always `-accel tcg`: a KVM guest hangs on this kind of machine. No `-no-reboot`: the agent reboots the
 //! VM into the deployed OS, and the test OS ends the run by powering off, which makes QEMU exit.
@@ -18,6 +18,8 @@ pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 /// iPXE for virtio-net as a UEFI driver, so OVMF network-boots through iPXE (which speaks HTTP).
 pub const IPXE_EFI_VIRTIO_ROM: &str = "/usr/lib/ipxe/qemu/efi-virtio.rom";
+/// iPXE for virtio-net as a legacy PXE option ROM, so SeaBIOS network-boots through iPXE.
+pub const IPXE_PXE_VIRTIO_ROM: &str = "/usr/lib/ipxe/qemu/pxe-virtio.rom";
 /// How many serial lines an error shows.
 pub const SERIAL_TAIL_LINES: usize = 40;
 
@@ -62,17 +64,46 @@ pub struct NetworkBoot {
     pub mac: String,
 }
 
+/// The firmware a VM starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    /// OVMF from pflash, with a writable variable store of the VM's own.
+    Uefi,
+    /// SeaBIOS, QEMU's default firmware, with its console on the serial port.
+    Bios,
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct VmSpec {
     pub name: String,
     /// Holds the VM's firmware variables, serial log and QEMU's own output.
     pub work_dir: PathBuf,
+    pub firmware: Firmware,
     pub memory_mib: u32,
     /// When set, the NIC boots first; otherwise the VM has no network at all.
     pub network_boot: Option<NetworkBoot>,
     /// Raw disk image files, attached as virtio-blk in this order (after the NIC in the boot order).
     pub disks: Vec<PathBuf>,
+}
+
+impl VmSpec {
+    /// The UEFI variable store the VM's arguments name (in `work_dir`); none under BIOS.
+    pub fn firmware_vars(&self) -> Option<PathBuf> {
+        match self.firmware {
+            Firmware::Uefi => Some(self.work_dir.join(format!("{}-OVMF_VARS.fd", self.name))),
+            Firmware::Bios => None,
+        }
+    }
+
+    /// Creates `work_dir` and, under UEFI, a fresh copy of [`OVMF_VARS`] as the VM's variable store.
+    pub fn prepare_firmware(&self) -> Result<(), PathIoError> {
+        fs::create_dir_all(&self.work_dir).map_err(PathIoError::at("create directory", &self.work_dir))?;
+        if let Some(vars) = self.firmware_vars() {
+            fs::copy(OVMF_VARS, &vars).map_err(PathIoError::at("copy the OVMF variable store to", &vars))?;
+        }
+        Ok(())
+    }
 }
 
 /// A running QEMU; killed on drop.
@@ -88,16 +119,14 @@ pub struct Vm {
 
 impl Vm {
     pub fn start(spec: VmSpec) -> Result<Vm, VmError> {
-        fs::create_dir_all(&spec.work_dir).map_err(PathIoError::at("create directory", &spec.work_dir))?;
-        let vars = spec.work_dir.join(format!("{}-OVMF_VARS.fd", spec.name));
-        fs::copy(OVMF_VARS, &vars).map_err(PathIoError::at("copy the OVMF variable store to", &vars))?;
+        spec.prepare_firmware()?;
         let serial_log = spec.work_dir.join(format!("{}-serial.log", spec.name));
         let qemu_log = spec.work_dir.join(format!("{}-qemu.log", spec.name));
         let qemu_output = fs::File::create(&qemu_log).map_err(PathIoError::at("create", &qemu_log))?;
         let qemu_stderr = qemu_output.try_clone().map_err(PathIoError::at("duplicate the handle of", &qemu_log))?;
 
         let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(qemu_args(&spec, &vars, &serial_log)).stdin(Stdio::null()).stdout(qemu_output).stderr(qemu_stderr);
+        cmd.args(qemu_args(&spec, &serial_log)).stdin(Stdio::null()).stdout(qemu_output).stderr(qemu_stderr);
         let child = ferric_runner::spawn(format!("start VM {}", spec.name), &mut cmd)?;
         Ok(Vm {
             name: spec.name,
@@ -211,9 +240,9 @@ impl Drop for Vm {
     }
 }
 
-fn qemu_args(spec: &VmSpec, vars: &Path, serial_log: &Path) -> Vec<String> {
+fn qemu_args(spec: &VmSpec, serial_log: &Path) -> Vec<String> {
     let serial = vec!["-serial".into(), format!("file:{}", serial_log.display())];
-    machine_args(spec, vars, serial, BootFirst::Network)
+    machine_args(spec, serial, BootFirst::Network)
 }
 
 /// Which device a VM tries first; the other follows in the boot order.
@@ -224,31 +253,37 @@ pub enum BootFirst {
 }
 
 /// QEMU's arguments for `spec` without starting it, for a launcher that runs QEMU itself and starts it
-/// again on every power-on (the simulated BMC of [`crate::ipmi_sim`]). `vars` is the writable firmware
-/// variable store (a copy of [`OVMF_VARS`] the caller keeps across power cycles, as a real machine keeps
-/// its NVRAM); the serial console is appended to `serial_log`, so that one log holds every boot.
-pub fn qemu_argv(spec: &VmSpec, vars: &Path, serial_log: &Path, boot_first: BootFirst) -> Vec<String> {
+/// again on every power-on (the simulated BMC of [`crate::ipmi_sim`]). Under UEFI the caller prepares the
+/// variable store once ([`VmSpec::prepare_firmware`]) and keeps it across power cycles, as a real machine
+/// keeps its NVRAM; the serial console is appended to `serial_log`, so that one log holds every boot.
+pub fn qemu_argv(spec: &VmSpec, serial_log: &Path, boot_first: BootFirst) -> Vec<String> {
     let serial = vec![
         "-chardev".into(),
         format!("file,id=serial0,path={},append=on", qemu_path(serial_log)),
         "-serial".into(),
         "chardev:serial0".into(),
     ];
-    machine_args(spec, vars, serial, boot_first)
+    machine_args(spec, serial, boot_first)
 }
 
-fn machine_args(spec: &VmSpec, vars: &Path, serial: Vec<String>, boot_first: BootFirst) -> Vec<String> {
+fn machine_args(spec: &VmSpec, serial: Vec<String>, boot_first: BootFirst) -> Vec<String> {
+    let machine = match spec.firmware {
+        Firmware::Uefi => "q35",
+        // Without a display SeaBIOS then puts its console, and the int 10h output of option ROMs such
+        // as iPXE, on the serial port.
+        Firmware::Bios => "q35,graphics=off",
+    };
     let mut args: Vec<String> = [
         "-name",
         spec.name.as_str(),
         "-accel",
         "tcg",
         "-machine",
-        "q35",
+        machine,
         "-smp",
         "1",
-        // No default devices (VGA, NIC, monitor, serial...): OVMF and iPXE need none of them, and the
-        // defaults would add a second NIC that network-boots too.
+        // No default devices (VGA, NIC, monitor, serial...): the firmware and iPXE need none of them, and
+        // the defaults would add a second NIC that network-boots too.
         "-nodefaults",
         "-no-user-config",
         "-display",
@@ -258,11 +293,14 @@ fn machine_args(spec: &VmSpec, vars: &Path, serial: Vec<String>, boot_first: Boo
     .map(String::from)
     .collect();
     args.extend(["-m".into(), spec.memory_mib.to_string()]);
-    args.extend([
-        "-drive".into(),
-        format!("if=pflash,format=raw,readonly=on,file={}", qemu_path(Path::new(OVMF_CODE))),
-    ]);
-    args.extend(["-drive".into(), format!("if=pflash,format=raw,file={}", qemu_path(vars))]);
+    // Under BIOS no pflash: QEMU loads SeaBIOS.
+    if let Some(vars) = spec.firmware_vars() {
+        args.extend([
+            "-drive".into(),
+            format!("if=pflash,format=raw,readonly=on,file={}", qemu_path(Path::new(OVMF_CODE))),
+        ]);
+        args.extend(["-drive".into(), format!("if=pflash,format=raw,file={}", qemu_path(&vars))]);
+    }
     args.extend(serial);
     let (nic_boot_index, first_disk_boot_index) = match boot_first {
         BootFirst::Network => (1, 2),
@@ -270,12 +308,16 @@ fn machine_args(spec: &VmSpec, vars: &Path, serial: Vec<String>, boot_first: Boo
     };
     if let Some(net) = &spec.network_boot {
         args.extend(["-netdev".into(), format!("user,id=n0,bootfile={}", net.boot_url)]);
+        let rom = match spec.firmware {
+            Firmware::Uefi => format!("romfile={IPXE_EFI_VIRTIO_ROM}"),
+            // SeaBIOS runs a PCI option ROM only when its IDs match the device's. iPXE's ROMs name the
+            // modern virtio-net device (1af4:1041), and QEMU rewrites the IDs of its default ROM only, not
+            // of one given with romfile=: so the NIC is modern-only.
+            Firmware::Bios => format!("disable-legacy=on,romfile={IPXE_PXE_VIRTIO_ROM}"),
+        };
         args.extend([
             "-device".into(),
-            format!(
-                "virtio-net-pci,netdev=n0,mac={},romfile={IPXE_EFI_VIRTIO_ROM},bootindex={nic_boot_index}",
-                net.mac
-            ),
+            format!("virtio-net-pci,netdev=n0,mac={},{rom},bootindex={nic_boot_index}", net.mac),
         ]);
     }
     for (index, disk) in spec.disks.iter().enumerate() {
@@ -295,7 +337,7 @@ fn qemu_path(path: &Path) -> String {
     path.display().to_string().replace(',', ",,")
 }
 
-/// Removes CSI escape sequences (`ESC [ ... letter`) and carriage returns that OVMF's console emits.
+/// Removes CSI escape sequences (`ESC [ ... letter`) and carriage returns that the firmware's console emits.
 fn strip_terminal_escapes(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars().peekable();
@@ -326,6 +368,7 @@ mod tests {
         VmSpec {
             name: "n1".into(),
             work_dir: "/w".into(),
+            firmware: Firmware::Uefi,
             memory_mib: 1024,
             network_boot,
             disks: vec!["/w/disk,a.img".into(), "/w/b.img".into()],
@@ -335,9 +378,11 @@ mod tests {
     #[test]
     fn network_boots_first_then_disks_in_order() {
         let net = NetworkBoot { boot_url: "http://10.0.2.2:8080/boot.ipxe".into(), mac: "52:54:00:fe:00:01".into() };
-        let args = qemu_args(&spec(Some(net)), Path::new("/w/vars.fd"), Path::new("/w/serial.log")).join(" ");
-        assert!(args.contains("-accel tcg"), "{args}");
+        let args = qemu_args(&spec(Some(net)), Path::new("/w/serial.log")).join(" ");
+        assert!(args.contains("-accel tcg") && args.contains("-machine q35 "), "{args}");
         assert!(!args.contains("-no-reboot"), "{args}");
+        assert!(args.contains(&format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}")), "{args}");
+        assert!(args.contains("if=pflash,format=raw,file=/w/n1-OVMF_VARS.fd"), "{args}");
         assert!(args.contains("user,id=n0,bootfile=http://10.0.2.2:8080/boot.ipxe"), "{args}");
         assert!(args.contains(&format!("mac=52:54:00:fe:00:01,romfile={IPXE_EFI_VIRTIO_ROM},bootindex=1")), "{args}");
         assert!(args.contains("id=d0,format=raw,file=/w/disk,,a.img"), "{args}");
@@ -347,7 +392,7 @@ mod tests {
 
     #[test]
     fn without_network_boot_there_is_no_nic() {
-        let args = qemu_args(&spec(None), Path::new("/w/vars.fd"), Path::new("/w/serial.log")).join(" ");
+        let args = qemu_args(&spec(None), Path::new("/w/serial.log")).join(" ");
         assert!(!args.contains("netdev") && !args.contains("virtio-net"), "{args}");
         assert!(args.contains("-nodefaults"), "{args}");
     }
@@ -356,21 +401,37 @@ mod tests {
     fn a_launcher_vm_can_boot_its_disks_first_and_appends_its_serial_log() {
         let net = NetworkBoot { boot_url: "http://10.0.2.2:8080/boot.ipxe".into(), mac: "52:54:00:fe:00:01".into() };
         let spec = spec(Some(net));
-        let (vars, serial) = (Path::new("/w/vars.fd"), Path::new("/w/serial,1.log"));
-        let disk_first = qemu_argv(&spec, vars, serial, BootFirst::Disk).join(" ");
+        let serial = Path::new("/w/serial,1.log");
+        let disk_first = qemu_argv(&spec, serial, BootFirst::Disk).join(" ");
         assert!(
             disk_first.contains("drive=d0,bootindex=1") && disk_first.contains("drive=d1,bootindex=2"),
             "{disk_first}"
         );
         assert!(disk_first.contains(&format!("romfile={IPXE_EFI_VIRTIO_ROM},bootindex=3")), "{disk_first}");
         assert!(disk_first.contains("-chardev file,id=serial0,path=/w/serial,,1.log,append=on -serial chardev:serial0"));
-        let network_first = qemu_argv(&spec, vars, serial, BootFirst::Network).join(" ");
-        let fixed = qemu_args(&spec, vars, serial).join(" ");
+        let network_first = qemu_argv(&spec, serial, BootFirst::Network).join(" ");
+        let fixed = qemu_args(&spec, serial).join(" ");
         assert_eq!(
             network_first
                 .replace("-chardev file,id=serial0,path=/w/serial,,1.log,append=on -serial chardev:serial0", ""),
             fixed.replace("-serial file:/w/serial,1.log", "")
         );
+    }
+
+    #[test]
+    fn a_bios_vm_has_seabios_on_the_serial_port_and_the_pxe_rom_on_a_modern_nic() {
+        let net = NetworkBoot { boot_url: "http://10.0.2.2:8080/boot.ipxe".into(), mac: "52:54:00:fe:00:01".into() };
+        let spec = VmSpec { firmware: Firmware::Bios, ..spec(Some(net)) };
+        assert_eq!(spec.firmware_vars(), None);
+        let args = qemu_argv(&spec, Path::new("/w/serial.log"), BootFirst::Network).join(" ");
+        assert!(!args.contains("pflash") && !args.contains("OVMF"), "{args}");
+        assert!(args.contains("-machine q35,graphics=off "), "{args}");
+        let nic = format!("mac=52:54:00:fe:00:01,disable-legacy=on,romfile={IPXE_PXE_VIRTIO_ROM},bootindex=1");
+        assert!(args.contains(&format!("virtio-net-pci,netdev=n0,{nic}")), "{args}");
+        assert!(args.contains("drive=d0,bootindex=2") && args.contains("drive=d1,bootindex=3"), "{args}");
+        let disk_first = qemu_argv(&spec, Path::new("/w/serial.log"), BootFirst::Disk).join(" ");
+        assert!(disk_first.contains("drive=d0,bootindex=1"), "{disk_first}");
+        assert!(disk_first.contains(&format!("romfile={IPXE_PXE_VIRTIO_ROM},bootindex=3")), "{disk_first}");
     }
 
     #[test]

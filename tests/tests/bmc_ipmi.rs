@@ -17,7 +17,7 @@ use ferric_controller::ipxe::BootMode;
 use ferric_controller::model::JsonObject;
 use ferric_tests::ipmi_sim::{ChassisVm, IpmiSim};
 use ferric_tests::paths;
-use ferric_tests::vm::{self, NetworkBoot, VmSpec};
+use ferric_tests::vm::{self, Firmware, NetworkBoot, VmSpec};
 use serde_json::json;
 
 const POWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -277,6 +277,7 @@ fn the_chassis_can_be_a_qemu_vm() {
     let spec = VmSpec {
         name: "node".into(),
         work_dir: dir.join("vm"),
+        firmware: Firmware::Uefi,
         memory_mib: 256,
         network_boot: Some(NetworkBoot {
             boot_url: "http://10.0.2.2:9/boot.ipxe".into(),
@@ -284,7 +285,7 @@ fn the_chassis_can_be_a_qemu_vm() {
         }),
         disks: vec![disk],
     };
-    let chassis = ChassisVm::uefi(&spec).unwrap_or_else(|err| panic!("{err}"));
+    let chassis = ChassisVm::new(&spec).unwrap_or_else(|err| panic!("{err}"));
     let sim = IpmiSim::start(&dir, Some(chassis)).unwrap_or_else(|err| panic!("{err}"));
     let bmc = driver(&sim.driver_info());
     let once = |device| BootDeviceSetting { device, persistent: false };

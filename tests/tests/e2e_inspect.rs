@@ -13,7 +13,7 @@ use ferric_tests::controller::{Controller, API_VERSION};
 use ferric_tests::disk;
 use ferric_tests::ramdisk::build_ramdisk;
 use ferric_tests::scenario::{DISK_BYTES, VM_MEMORY_MIB};
-use ferric_tests::vm::{qemu_lock, NetworkBoot, Vm, VmSpec, SERIAL_TAIL_LINES};
+use ferric_tests::vm::{qemu_lock, Firmware, NetworkBoot, Vm, VmSpec, SERIAL_TAIL_LINES};
 use ferric_tests::{init_logging, paths};
 use serde_json::Value;
 
@@ -63,6 +63,7 @@ fn inspection_reports_the_vms_hardware_and_powers_it_off() {
     let mut vm = ok(Vm::start(VmSpec {
         name: "node".into(),
         work_dir: work_dir.join("vm"),
+        firmware: Firmware::Uefi,
         memory_mib: VM_MEMORY_MIB,
         network_boot: Some(NetworkBoot { boot_url: controller.boot_url(), mac: MAC.into() }),
         disks: vec![disk],

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ferric_tests::image_server::ImageServer;
 use ferric_tests::ramdisk::build_ramdisk;
-use ferric_tests::vm::{qemu_lock, NetworkBoot, Vm, VmSpec};
+use ferric_tests::vm::{qemu_lock, Firmware, NetworkBoot, Vm, VmSpec};
 use ferric_tests::{init_logging, paths, testos};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
@@ -42,6 +42,7 @@ fn uefi_vm_network_boots_an_ipxe_script_from_the_host() {
     let mut vm = Vm::start(VmSpec {
         name: "netboot".into(),
         work_dir: work.path().join("vm"),
+        firmware: Firmware::Uefi,
         memory_mib: 512,
         network_boot: Some(NetworkBoot { boot_url: server.guest_url("boot.ipxe"), mac: "52:54:00:fe:00:09".into() }),
         disks: Vec::new(),

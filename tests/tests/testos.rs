@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use ferric_tests::ramdisk::build_ramdisk;
-use ferric_tests::vm::{qemu_lock, Vm, VmSpec};
+use ferric_tests::vm::{qemu_lock, Firmware, Vm, VmSpec};
 use ferric_tests::{disk, init_logging, paths, testos};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -33,6 +33,7 @@ fn test_os_boots_from_disk_prints_its_marker_and_powers_off() {
     let mut vm = Vm::start(VmSpec {
         name: "testos-direct".into(),
         work_dir: work.path().join("vm"),
+        firmware: Firmware::Uefi,
         memory_mib: 512,
         network_boot: None,
         disks: vec![image.path.clone()],
