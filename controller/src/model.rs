@@ -158,6 +158,31 @@ pub struct HistoryEvent {
     pub to_state: Option<String>,
 }
 
+impl HistoryEvent {
+    /// An event of `node_uuid` that is not a state transition (a power or BMC event).
+    pub fn note(
+        node_uuid: &str,
+        created_at: String,
+        severity: Severity,
+        event_type: &str,
+        event: String,
+        conductor: &str,
+    ) -> HistoryEvent {
+        HistoryEvent {
+            uuid: uuid::Uuid::new_v4().to_string(),
+            node_uuid: node_uuid.to_owned(),
+            created_at,
+            severity,
+            event_type: event_type.to_owned(),
+            event,
+            conductor: Some(conductor.to_owned()),
+            user: None,
+            from_state: None,
+            to_state: None,
+        }
+    }
+}
+
 /// The hardware inventory last reported by a node's agent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredInventory {

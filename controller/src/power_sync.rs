@@ -149,18 +149,7 @@ fn record(
     node.updated_at = Some(now.clone());
     tx.update_node(&node)?;
     for (severity, event) in events {
-        tx.insert_history(&HistoryEvent {
-            uuid: uuid::Uuid::new_v4().to_string(),
-            node_uuid: node.uuid.clone(),
-            created_at: now.clone(),
-            severity,
-            event_type: EVENT_TYPE_POWER.to_owned(),
-            event,
-            conductor: Some(conductor.to_owned()),
-            user: None,
-            from_state: None,
-            to_state: None,
-        })?;
+        tx.insert_history(&HistoryEvent::note(&node.uuid, now.clone(), severity, EVENT_TYPE_POWER, event, conductor))?;
     }
     Ok(())
 }

@@ -23,3 +23,20 @@ pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_test_writer().try_init();
 }
+
+/// `result`'s value, or a panic with the error and its whole chain of causes (for tests).
+pub fn ok<T, E: std::error::Error>(result: Result<T, E>) -> T {
+    result.unwrap_or_else(|error| panic!("{}", error_chain(&error)))
+}
+
+/// The error with its sources, `: `-separated.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

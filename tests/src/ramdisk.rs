@@ -42,6 +42,16 @@ pub struct RamdiskPaths {
 
 /// Builds the ramdisk into `out_dir` from `ferric-agent` and `ferric-init` in the running executable's
 /// `target/<profile>` directory and the newest kernel package in the repository's kernel cache.
+/// The ramdisk of this test process, built on first use under the scratch dir and shared by its tests;
+/// a failure to build it fails the test that asked.
+pub fn shared_ramdisk() -> &'static RamdiskPaths {
+    static RAMDISK: std::sync::OnceLock<RamdiskPaths> = std::sync::OnceLock::new();
+    RAMDISK.get_or_init(|| {
+        let out_dir = paths::scratch_dir().expect("scratch dir").join("ramdisk");
+        build_ramdisk(&out_dir).unwrap_or_else(|e| panic!("building the ramdisk failed: {}", crate::error_chain(&e)))
+    })
+}
+
 pub fn build_ramdisk(out_dir: &Path) -> Result<RamdiskPaths, RamdiskError> {
     let cache_dir = paths::kernel_cache_dir();
     let deb = ferric_image_builder::newest_cached_package(&cache_dir)

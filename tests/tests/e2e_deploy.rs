@@ -5,38 +5,24 @@
 //! then `cargo test --release -p ferric-tests --test e2e_deploy -- --test-threads=1`.
 //! The run's files (controller log, serial log, disk) stay in target/<profile>/ferric-tests/runs/<case>.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use ferric_tests::disk;
-use ferric_tests::ramdisk::{build_ramdisk, RamdiskPaths};
+use ferric_tests::ramdisk::shared_ramdisk;
 use ferric_tests::scenario::{Budget, DeployEnv};
 use ferric_tests::vm::qemu_lock;
-use ferric_tests::{init_logging, paths};
+use ferric_tests::{init_logging, ok};
 use sha2::{Digest, Sha256};
 
 /// TCG is slow: a whole case (ramdisk boot, deploy, reboot into the test OS) must fit in this.
 const CASE_BUDGET: Duration = Duration::from_secs(15 * 60);
-
-/// Built once per test process and shared by the cases.
-fn ramdisk() -> &'static RamdiskPaths {
-    static RAMDISK: OnceLock<RamdiskPaths> = OnceLock::new();
-    RAMDISK.get_or_init(|| {
-        let out_dir = paths::scratch_dir().expect("scratch dir").join("ramdisk");
-        build_ramdisk(&out_dir).unwrap_or_else(|e| panic!("building the ramdisk failed: {:#}", anyhow::Error::new(e)))
-    })
-}
-
-fn ok<T, E: std::error::Error + Send + Sync + 'static>(result: Result<T, E>) -> T {
-    result.unwrap_or_else(|e| panic!("{:#}", anyhow::Error::new(e)))
-}
 
 #[test]
 fn deploys_whole_disk_image_and_boots_it() {
     init_logging();
     let _qemu = qemu_lock();
     let budget = Budget::new(CASE_BUDGET);
-    let env = ok(DeployEnv::prepare("e2e-deploy", ramdisk(), "52:54:00:fe:00:01", &budget));
+    let env = ok(DeployEnv::prepare("e2e-deploy", shared_ramdisk(), "52:54:00:fe:00:01", &budget));
 
     let mut started = ok(env.start_deploy(&env.image.sha256));
     let outcome = ok(env.wait_deployed_and_booted(&mut started, &budget));
@@ -59,7 +45,7 @@ fn wrong_checksum_fails_deploy_and_leaves_nothing_bootable() {
     init_logging();
     let _qemu = qemu_lock();
     let budget = Budget::new(CASE_BUDGET);
-    let env = ok(DeployEnv::prepare("e2e-bad-checksum", ramdisk(), "52:54:00:fe:00:02", &budget));
+    let env = ok(DeployEnv::prepare("e2e-bad-checksum", shared_ramdisk(), "52:54:00:fe:00:02", &budget));
 
     let wrong_checksum = hex::encode(Sha256::digest(b"not the test OS image"));
     assert_ne!(wrong_checksum, env.image.sha256);

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use ferric_tests::controller::{Controller, API_VERSION};
 use ferric_tests::disk;
-use ferric_tests::ramdisk::build_ramdisk;
+use ferric_tests::ramdisk::shared_ramdisk;
 use ferric_tests::scenario::{DISK_BYTES, VM_MEMORY_MIB};
 use ferric_tests::vm::{qemu_lock, Firmware, NetworkBoot, Vm, VmSpec, SERIAL_TAIL_LINES};
-use ferric_tests::{init_logging, paths};
+use ferric_tests::{init_logging, ok, paths};
 use serde_json::Value;
 
 const MAC: &str = "52:54:00:fe:00:11";
@@ -23,10 +23,6 @@ const INSPECTION_TIMEOUT: Duration = Duration::from_secs(8 * 60);
 const POWEROFF_TIMEOUT: Duration = Duration::from_secs(60);
 const STATE_TIMEOUT: Duration = Duration::from_secs(60);
 const GIB: u64 = 1 << 30;
-
-fn ok<T, E: std::error::Error + Send + Sync + 'static>(result: Result<T, E>) -> T {
-    result.unwrap_or_else(|e| panic!("{:#}", anyhow::Error::new(e)))
-}
 
 /// `GET path` at `version` on the controller's API.
 fn get(controller: &Controller, path: &str, version: &str) -> Value {
@@ -48,7 +44,7 @@ fn inspection_reports_the_vms_hardware_and_powers_it_off() {
         fs::remove_dir_all(&work_dir).unwrap();
     }
     fs::create_dir_all(&work_dir).unwrap();
-    let ramdisk = ok(build_ramdisk(&ok(paths::scratch_dir()).join("ramdisk")));
+    let ramdisk = shared_ramdisk();
     let controller = ok(Controller::start(&work_dir.join("controller"), &ramdisk.dir));
     let client = ok(controller.client());
     let disk = work_dir.join("disk.raw");

@@ -11,15 +11,14 @@
 //! Needs the workspace binaries: `cargo build --release --workspace --bins` (scripts/test.sh does it),
 //! then `cargo test --release -p ferric-tests --test e2e_ipmi -- --test-threads=1`.
 
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use ferric_runner::tail_lines;
 use ferric_tests::ipmi_sim::{ChassisVm, IpmiSim};
-use ferric_tests::ramdisk::{build_ramdisk, RamdiskPaths};
+use ferric_tests::ramdisk::shared_ramdisk;
 use ferric_tests::scenario::{Budget, DeploySetup, DISK_BYTES, IPMI_CONTROLLER_FLAGS, VM_MEMORY_MIB};
 use ferric_tests::vm::{qemu_lock, Firmware, VmSpec, SERIAL_TAIL_LINES};
-use ferric_tests::{init_logging, paths};
+use ferric_tests::{init_logging, ok};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -33,18 +32,6 @@ const BIOS_MAC: &str = "52:54:00:fe:00:14";
 const POWEROFF_TIMEOUT: Duration = Duration::from_secs(90);
 const GIB: u64 = 1 << 30;
 
-fn ramdisk() -> &'static RamdiskPaths {
-    static RAMDISK: OnceLock<RamdiskPaths> = OnceLock::new();
-    RAMDISK.get_or_init(|| {
-        let out_dir = paths::scratch_dir().expect("scratch dir").join("ramdisk");
-        build_ramdisk(&out_dir).unwrap_or_else(|e| panic!("building the ramdisk failed: {:#}", anyhow::Error::new(e)))
-    })
-}
-
-fn ok<T, E: std::error::Error + Send + Sync + 'static>(result: Result<T, E>) -> T {
-    result.unwrap_or_else(|e| panic!("{:#}", anyhow::Error::new(e)))
-}
-
 /// Position of the first chassis setting equal to `wanted` at or after `from`.
 fn position(settings: &[String], from: usize, wanted: &str) -> Option<usize> {
     settings.iter().skip(from).position(|setting| setting == wanted).map(|index| index + from)
@@ -55,7 +42,7 @@ fn deploys_through_ipmi_from_power_on_to_the_deployed_os() {
     init_logging();
     let _qemu = qemu_lock();
     let budget = Budget::new(CASE_BUDGET);
-    let setup = ok(DeploySetup::new("e2e-ipmi", ramdisk(), MAC, IPMI_CONTROLLER_FLAGS));
+    let setup = ok(DeploySetup::new("e2e-ipmi", shared_ramdisk(), MAC, IPMI_CONTROLLER_FLAGS));
     let chassis = ok(ChassisVm::new(&setup.vm_spec()));
     let bmc = ok(IpmiSim::start(&setup.work_dir.join("bmc"), Some(chassis)));
     let env = ok(setup.enroll(json!({"driver": "ipmi", "driver_info": Value::Object(bmc.driver_info())}), &budget));
@@ -109,7 +96,7 @@ fn inspects_a_bios_node_through_ipmi() {
     init_logging();
     let _qemu = qemu_lock();
     let budget = Budget::new(INSPECT_CASE_BUDGET);
-    let setup = ok(DeploySetup::new("e2e-ipmi-bios", ramdisk(), BIOS_MAC, IPMI_CONTROLLER_FLAGS));
+    let setup = ok(DeploySetup::new("e2e-ipmi-bios", shared_ramdisk(), BIOS_MAC, IPMI_CONTROLLER_FLAGS));
     let spec = VmSpec { firmware: Firmware::Bios, ..setup.vm_spec() };
     let bmc = ok(IpmiSim::start(&setup.work_dir.join("bmc"), Some(ok(ChassisVm::new(&spec)))));
     let fields = json!({"driver": "ipmi", "boot_mode": "bios", "driver_info": Value::Object(bmc.driver_info())});

@@ -109,18 +109,7 @@ fn record(
     event: String,
     conductor: &str,
 ) -> Result<(), Error> {
-    tx.insert_history(&HistoryEvent {
-        uuid: uuid::Uuid::new_v4().to_string(),
-        node_uuid: uuid.to_owned(),
-        created_at: timestamp(Utc::now()),
-        severity,
-        event_type: EVENT_TYPE_POWER.to_owned(),
-        event,
-        conductor: Some(conductor.to_owned()),
-        user: None,
-        from_state: None,
-        to_state: None,
-    })?;
+    tx.insert_history(&HistoryEvent::note(uuid, timestamp(Utc::now()), severity, EVENT_TYPE_POWER, event, conductor))?;
     Ok(())
 }
 

@@ -110,18 +110,14 @@ pub async fn set_power_state(
         let now = timestamp(Utc::now());
         node.updated_at = Some(now.clone());
         tx.update_node(&node)?;
-        tx.insert_history(&HistoryEvent {
-            uuid: uuid::Uuid::new_v4().to_string(),
-            node_uuid: node.uuid.clone(),
-            created_at: now,
-            severity: Severity::Info,
-            event_type: EVENT_TYPE_POWER.to_owned(),
+        tx.insert_history(&HistoryEvent::note(
+            &node.uuid,
+            now,
+            Severity::Info,
+            EVENT_TYPE_POWER,
             event,
-            conductor: Some(conductor.name().to_owned()),
-            user: None,
-            from_state: None,
-            to_state: None,
-        })?;
+            conductor.name(),
+        ))?;
         Ok((node, job))
     })
     .await?;
