@@ -40,7 +40,8 @@ fn check(node: &Node, action: PowerAction) -> Result<(), Error> {
     Ok(())
 }
 
-/// `PUT /v1/nodes/{node}/states/power {"target": ..., "timeout": N}`: done before the 202.
+/// `PUT /v1/nodes/{node}/states/power {"target": ..., "timeout": N}`: recorded before the 202 for nodes
+/// without a BMC; through the BMC in the background otherwise, `target_power_state` set until it ends.
 pub async fn set_power_state(
     State(state): State<AppState>,
     version: ApiVersion,
