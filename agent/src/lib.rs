@@ -2,13 +2,20 @@
 //! heartbeats, inventories the hardware, picks the root disk and streams images onto it.
 
 pub mod agent;
+pub mod bootloader;
 pub mod checksum;
 pub mod client;
+pub mod configdrive;
 pub mod deploy;
+pub mod download;
+pub mod efi;
 pub mod image;
 pub mod inventory;
+pub mod iso9660;
 pub mod logtail;
+pub mod partition;
 pub mod progress;
+pub mod qcow2;
 pub mod root_disk;
 pub mod target;
 

@@ -983,6 +983,7 @@ fn image_info(node: &Node) -> ImageInfo {
         os_hash_value: text("image_os_hash_value"),
         disk_format: text("image_disk_format"),
         root_device: node.properties.get("root_device").cloned(),
+        ..ImageInfo::default()
     }
 }
 

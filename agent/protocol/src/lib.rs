@@ -161,6 +161,57 @@ pub struct ImageInfo {
     /// Root-device hints (`properties.root_device`); absent means Ironic's default choice.
     #[serde(default)]
     pub root_device: Option<Value>,
+    /// `partition` for a partition image (a root filesystem); absent or `whole-disk` for a whole disk.
+    #[serde(default)]
+    pub image_type: Option<String>,
+    /// Partition images: size of the root partition; absent means the rest of the disk.
+    #[serde(default)]
+    pub root_mb: Option<u64>,
+    /// Partition images: a swap partition of this size.
+    #[serde(default)]
+    pub swap_mb: Option<u64>,
+    /// Partition images: an ephemeral partition of this size, formatted with `ephemeral_format`.
+    #[serde(default)]
+    pub ephemeral_mb: Option<u64>,
+    /// Filesystem of the ephemeral partition (Ironic's default: `ext4`).
+    #[serde(default)]
+    pub ephemeral_format: Option<String>,
+    /// `uefi` or `bios`; absent means the mode the ramdisk booted in.
+    #[serde(default)]
+    pub deploy_boot_mode: Option<String>,
+    /// Partition images under BIOS: `msdos` (default) or `gpt`. UEFI always gets GPT.
+    #[serde(default)]
+    pub disk_label: Option<String>,
+    /// The config drive: Ironic's dict (`meta_data`, `user_data`, `network_data`, `vendor_data`),
+    /// a gzip+base64 ISO 9660 image, or a URL of either.
+    #[serde(default)]
+    pub configdrive: Option<Value>,
+    /// BIOS partition images: run `grub-install` in the deployed root (Ironic's
+    /// `enable_bios_bootloader_install`, off by default).
+    #[serde(default)]
+    pub enable_bios_bootloader_install: bool,
+}
+
+/// What a successful `write_image` reports in [`CommandResult::command_result`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct WriteImageResult {
+    /// The disk written, e.g. `/dev/vda`.
+    pub root_device: String,
+    /// The format found from the image's magic bytes, e.g. `qcow2`, `raw (zstd)`.
+    pub format: String,
+    /// Bytes written to the disk (the image's virtual size).
+    pub image_bytes: u64,
+    /// Bytes downloaded.
+    pub source_bytes: u64,
+    pub seconds: f64,
+    pub mib_per_second: f64,
+    /// IPA's `get_partition_uuids` shape: `root uuid`, `efi system partition uuid`,
+    /// `configdrive partition uuid`, ...; whole-disk images give the disk's identifier as `root uuid`.
+    #[serde(default)]
+    pub partition_uuids: std::collections::BTreeMap<String, String>,
+    /// The UEFI boot entry created for the deployed OS, e.g. `Boot0003 "ferric" \EFI\ferric\grubx64.efi`.
+    #[serde(default)]
+    pub boot_entry: Option<String>,
 }
 
 /// IPA's command result object, reported by the agent in every heartbeat.

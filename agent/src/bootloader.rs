@@ -1,0 +1,1 @@
+//! grub-install in a chroot of the deployed root for BIOS partition images.

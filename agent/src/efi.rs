@@ -1,0 +1,1 @@
+//! UEFI boot entries through efivarfs: load options for the deployed OS, first in BootOrder.

@@ -1,0 +1,1 @@
+//! A minimal ISO 9660 (with Joliet names) writer for config drives.
