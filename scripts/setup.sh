@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 packages=(
     qemu-system-x86 ovmf ipxe-qemu systemd-boot-efi binutils gdisk dosfstools mtools cpio busybox-static
     kmod xz-utils zstd dnsmasq-base iproute2 python3-venv openipmi ipmitool ipxe curl
+    qemu-utils e2fsprogs fdisk util-linux mount xorriso genisoimage openssl
 )
 
 as_root() {

@@ -104,10 +104,16 @@ impl HardwareDrivers {
     }
 }
 
-/// The modaliases drivers are wanted for: every device's, plus efivarfs's on UEFI machines.
+/// Filesystems the agent mounts (a deployed root to copy its EFI files, an ESP). The ramdisk has
+/// no modprobe for the kernel to call, so init loads them up front; absent ones are skipped.
+pub const AGENT_FILESYSTEM_ALIASES: &[&str] = &["fs-ext4", "fs-vfat"];
+
+/// The modaliases drivers are wanted for: every device's, efivarfs's on UEFI machines, and the
+/// filesystems the agent mounts.
 fn scan_for_drivers(sys_root: &Path) -> Result<BTreeSet<String>, DriverError> {
     let mut modaliases = scan_modaliases(sys_root)?;
     modaliases.extend(efivarfs_modalias(sys_root));
+    modaliases.extend(AGENT_FILESYSTEM_ALIASES.iter().map(|alias| alias.to_string()));
     Ok(modaliases)
 }
 
