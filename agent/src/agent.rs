@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 use ferric_protocol::{Command, CommandResult, CommandStatus, Heartbeat, LookupResponse, Task};
 
 use crate::client::ControllerClient;
-use crate::deploy::{self, Disk};
+use crate::deploy::{self, DeployConfig};
 use crate::inventory;
 use crate::logtail::LogTail;
 use crate::progress::ProgressTracker;
@@ -27,7 +27,7 @@ pub struct AgentConfig {
     pub root: PathBuf,
     /// Where the per-boot token is kept so a restarted agent can carry on (`/run/ferric`).
     pub state_dir: PathBuf,
-    pub disk: Disk,
+    pub deploy: DeployConfig,
     /// Whether `reboot`/`power_off` act on the machine (only inside the Ferric ramdisk).
     pub power_actions: bool,
 }
@@ -54,12 +54,14 @@ impl Shared {
 /// Runs until a reboot or power-off task ends the boot. Errors are retried, never fatal.
 pub async fn run(config: AgentConfig, log_tail: LogTail) -> anyhow::Result<()> {
     let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(30)).build()?;
-    let client = ControllerClient::new(http.clone(), &config.api_url);
+    let client = ControllerClient::new(http, &config.api_url);
+    // Images may come from servers the controller does not know, with their own CA.
+    let downloads = crate::download::http_client(&config.deploy.download)?;
     let shared = Shared::default();
     loop {
         let (node, token, interval) = lookup(&client, &config).await;
         tracing::info!(node = %node, "found my node; heartbeating every {interval:?}");
-        heartbeat_loop(&client, &http, &config, &log_tail, &shared, &node, &token, interval).await;
+        heartbeat_loop(&client, &downloads, &config, &log_tail, &shared, &node, &token, interval).await;
     }
 }
 
@@ -177,9 +179,9 @@ fn start(task: Task, http: &reqwest::Client, config: &AgentConfig, shared: &Shar
         Command::WriteImage { image_info } => {
             let progress = Arc::new(ProgressTracker::default());
             *shared.progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(progress.clone());
-            let (http, disk, shared) = (http.clone(), config.disk.clone(), shared.clone());
+            let (http, deploy, shared) = (http.clone(), config.deploy.clone(), shared.clone());
             tokio::spawn(async move {
-                let outcome = deploy::write_image_task(&http, &image_info, &disk, progress).await;
+                let outcome = deploy::write_image_task(&http, &image_info, &deploy, progress).await;
                 shared.set_command(report.finish(outcome));
             });
         }

@@ -1,27 +1,32 @@
-//! The `write_image` task: choose the disk, stream the image onto it, report what happened.
+//! The `write_image` task: choose the disk, stream the image onto it (a whole disk, or a root
+//! partition in a fresh layout), add the config drive, make the deployed OS bootable, report.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use futures_util::TryStreamExt;
-use serde_json::{json, Value};
-use tokio_util::io::{StreamReader, SyncIoBridge};
+use serde_json::Value;
 
-use ferric_protocol::ImageInfo;
+use ferric_protocol::{ImageInfo, WriteImageResult};
 
-use crate::checksum::{ChecksumError, Expected};
-use crate::image::{write_image, WriteError};
+use crate::bootloader::{self, BootloaderError, HostSystem};
+use crate::checksum::{self, ChecksumError, Expected};
+use crate::configdrive::{self, ConfigDriveError};
+use crate::download::{self, DownloadConfig, DownloadError};
+use crate::efi::{self, EfiError};
+use crate::image::{write_image, WriteError, WriteReport};
 use crate::inventory;
+use crate::partition::{self, BootMode, Layout, PartitionError, PartitionRequest, Role};
 use crate::progress::ProgressTracker;
 use crate::root_disk::{self, RootDiskError};
-use crate::target::FileTarget;
+use crate::target::{FileTarget, Target};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
     #[error(transparent)]
     Checksum(#[from] ChecksumError),
-    #[error("image_info has no URL")]
-    NoUrl,
+    #[error("the config drive is unusable")]
+    ConfigDrive(#[source] ConfigDriveError),
     #[error(transparent)]
     RootDisk(#[from] RootDiskError),
     #[error("cannot open {path} for writing")]
@@ -30,14 +35,8 @@ pub enum DeployError {
         #[source]
         source: std::io::Error,
     },
-    #[error("downloading {url} failed")]
-    Connect {
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
-    #[error("downloading {url} failed: HTTP {status}")]
-    HttpStatus { url: String, status: u16 },
+    #[error(transparent)]
+    Download(#[from] DownloadError),
     #[error("writing {url} to {disk} failed")]
     Write {
         url: String,
@@ -45,6 +44,33 @@ pub enum DeployError {
         #[source]
         source: WriteError,
     },
+    #[error("deploying the partition image {url} on {disk} failed")]
+    Partition {
+        url: String,
+        disk: PathBuf,
+        #[source]
+        source: Box<PartitionError>,
+    },
+    #[error("writing the config drive to {disk} failed")]
+    WriteConfigDrive {
+        disk: PathBuf,
+        #[source]
+        source: ConfigDriveError,
+    },
+    #[error("creating the UEFI boot entry for {disk} failed")]
+    BootEntry {
+        disk: PathBuf,
+        #[source]
+        source: EfiError,
+    },
+    #[error("installing GRUB on {disk} failed")]
+    Bootloader {
+        disk: PathBuf,
+        #[source]
+        source: BootloaderError,
+    },
+    #[error("deploy_boot_mode {0:?} is neither uefi nor bios")]
+    BootMode(String),
     #[error("the image writer stopped unexpectedly")]
     Worker(#[from] tokio::task::JoinError),
 }
@@ -56,47 +82,231 @@ pub enum Disk {
     Choose { root: PathBuf },
 }
 
-/// Runs `write_image`; the JSON result names the disk and the measured throughput.
+/// How the agent deploys, besides what each task's `image_info` says.
+#[derive(Debug, Clone)]
+pub struct DeployConfig {
+    pub disk: Disk,
+    pub download: DownloadConfig,
+    /// The mode the ramdisk booted in: the default for `deploy_boot_mode`.
+    pub booted: BootMode,
+    /// Whether to make the deployed OS bootable through the running system: mount its root,
+    /// write UEFI variables, run grub-install. Only inside the ramdisk, never on a workstation.
+    pub configure_boot: bool,
+}
+
+/// Runs `write_image`; the JSON result is a [`WriteImageResult`].
 pub async fn write_image_task(
     http: &reqwest::Client,
     info: &ImageInfo,
-    disk: &Disk,
+    config: &DeployConfig,
     progress: Arc<ProgressTracker>,
 ) -> Result<Value, DeployError> {
-    let expected = Expected::from_image_info(info)?;
-    let url = info.urls.first().ok_or(DeployError::NoUrl)?.clone();
-    let disk_path = match disk {
+    progress.set_stage("resolving checksum");
+    let expected = checksum::resolve(info, http).await?;
+    let configdrive = match info.configdrive.as_ref().filter(|drive| !drive.is_null()) {
+        Some(drive) => {
+            progress.set_stage("building config drive");
+            Some(configdrive::resolve(drive, http).await.map_err(DeployError::ConfigDrive)?)
+        }
+        None => None,
+    };
+    let boot_mode = match info.deploy_boot_mode.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("") => config.booted,
+        Some("uefi") => BootMode::Uefi,
+        Some("bios") => BootMode::Bios,
+        Some(other) => return Err(DeployError::BootMode(other.to_owned())),
+    };
+    let disk_path = match &config.disk {
         Disk::Fixed(path) => path.clone(),
         Disk::Choose { root } => {
             let disks = inventory::scan(root, None).disks;
             PathBuf::from(&root_disk::choose(&disks, info.root_device.as_ref())?.name)
         }
     };
-    tracing::info!(disk = %disk_path.display(), %url, "writing image");
     let mut target =
         FileTarget::open(&disk_path).map_err(|source| DeployError::OpenTarget { path: disk_path.clone(), source })?;
+    let partition_image = info.image_type.as_deref() == Some("partition");
+    // Plan before downloading, so a request that cannot fit fails without touching the disk.
+    let layout = if partition_image {
+        let configdrive_bytes = configdrive.as_ref().map(|iso| iso.len() as u64);
+        let request = PartitionRequest::from_image_info(info, boot_mode, configdrive_bytes)
+            .and_then(|request| Layout::plan(&request, target.size()));
+        Some(request.map_err(|source| partition_error(info, &disk_path, source))?)
+    } else {
+        None
+    };
 
     progress.set_stage("connecting");
-    let response = http.get(&url).send().await.map_err(|source| DeployError::Connect { url: url.clone(), source })?;
-    if !response.status().is_success() {
-        return Err(DeployError::HttpStatus { url, status: response.status().as_u16() });
-    }
-    progress.set_total(response.content_length());
-    let body = StreamReader::new(response.bytes_stream().map_err(std::io::Error::other));
-    let source = SyncIoBridge::new(body);
+    let download = download::open(http, &info.urls, &config.download).await?;
+    let url = download.url().to_owned();
+    tracing::info!(disk = %disk_path.display(), %url, partition_image, ?boot_mode, "writing image");
+    progress.set_total(download.content_length());
+    let source = download.into_reader(tokio::runtime::Handle::current());
 
-    let worker_progress = progress.clone();
-    let report = tokio::task::spawn_blocking(move || write_image(source, &expected, &mut target, &worker_progress))
-        .await?
-        .map_err(|source| DeployError::Write { url: url.clone(), disk: disk_path.clone(), source })?;
-    let seconds = report.elapsed.as_secs_f64();
-    let mib_per_second = report.image_bytes as f64 / (1 << 20) as f64 / seconds.max(1e-9);
-    tracing::info!(disk = %disk_path.display(), bytes = report.image_bytes, seconds, mib_per_second, "image written");
-    Ok(json!({
-        "root_device": disk_path,
-        "image_bytes": report.image_bytes,
-        "source_bytes": report.source_bytes,
-        "seconds": seconds,
-        "mib_per_second": mib_per_second,
-    }))
+    let job = Job { url, disk: disk_path, boot_mode, configure_boot: config.configure_boot, progress };
+    let bios_grub = info.enable_bios_bootloader_install;
+    let result = tokio::task::spawn_blocking(move || match layout {
+        Some(layout) => job.partition_image(source, &expected, &mut target, &layout, configdrive.as_deref(), bios_grub),
+        None => job.whole_disk(source, &expected, &mut target, configdrive.as_deref()),
+    })
+    .await??;
+    tracing::info!(
+        disk = %result.root_device, format = %result.format, bytes = result.image_bytes,
+        seconds = result.seconds, mib_per_second = result.mib_per_second, "image written"
+    );
+    Ok(serde_json::to_value(&result).unwrap_or(Value::Null))
+}
+
+fn partition_error(info: &ImageInfo, disk: &Path, source: PartitionError) -> DeployError {
+    let url = info.urls.first().cloned().unwrap_or_default();
+    DeployError::Partition { url, disk: disk.to_owned(), source: Box::new(source) }
+}
+
+/// The blocking half of one deploy.
+struct Job {
+    url: String,
+    disk: PathBuf,
+    boot_mode: BootMode,
+    configure_boot: bool,
+    progress: Arc<ProgressTracker>,
+}
+
+impl Job {
+    fn whole_disk(
+        &self,
+        source: impl std::io::Read,
+        expected: &Expected,
+        target: &mut FileTarget,
+        configdrive: Option<&[u8]>,
+    ) -> Result<WriteImageResult, DeployError> {
+        let report = write_image(source, expected, target, &self.progress).map_err(|source| DeployError::Write {
+            url: self.url.clone(),
+            disk: self.disk.clone(),
+            source,
+        })?;
+        let mut uuids = BTreeMap::new();
+        if let Some(identifier) = disk_identifier(target) {
+            uuids.insert("root uuid".to_owned(), identifier);
+        }
+        if let Some(iso) = configdrive {
+            self.progress.set_stage("writing config drive");
+            let partition = configdrive::write_to_whole_disk(target, iso)
+                .map_err(|source| DeployError::WriteConfigDrive { disk: self.disk.clone(), source })?;
+            tracing::info!(number = partition.number, uuid = %partition.uuid, "config drive written");
+            uuids.insert("configdrive partition uuid".to_owned(), partition.uuid);
+        }
+        self.reread_partitions();
+        // Whole-disk images carry their own loader (often on the removable-media path the
+        // firmware finds anyway), so a failed entry is a warning, not a failed deploy.
+        let boot_entry = match self.uefi_boot_entry(target) {
+            Ok(entry) => entry,
+            Err(error) => {
+                tracing::warn!("{:#}", anyhow::Error::from(error));
+                None
+            }
+        };
+        Ok(self.result(report, uuids, boot_entry))
+    }
+
+    fn partition_image(
+        &self,
+        source: impl std::io::Read,
+        expected: &Expected,
+        target: &mut FileTarget,
+        layout: &Layout,
+        configdrive: Option<&[u8]>,
+        bios_grub: bool,
+    ) -> Result<WriteImageResult, DeployError> {
+        let fail = |source| DeployError::Partition {
+            url: self.url.clone(),
+            disk: self.disk.clone(),
+            source: Box::new(source),
+        };
+        let report = partition::deploy_partition_image(
+            source,
+            expected,
+            &self.disk,
+            target,
+            layout,
+            configdrive,
+            &self.progress,
+        )
+        .map_err(fail)?;
+        let root = report.partition(Role::Root).map(|root| partition::partition_device(&self.disk, root.number));
+        let mut boot_entry = None;
+        match (self.boot_mode, root) {
+            (_, _) if !self.configure_boot => tracing::warn!("not in the ramdisk: the bootloader is left alone"),
+            (BootMode::Uefi, Some(root)) => {
+                if let Some(esp) = report.partition(Role::Esp) {
+                    self.progress.set_stage("copying EFI files into the ESP");
+                    let copied = efi::fill_esp_from_root(&mut HostSystem::new(), &root, target, esp.start, esp.size)
+                        .map_err(|source| DeployError::BootEntry { disk: self.disk.clone(), source })?;
+                    tracing::info!(files = copied, "EFI system partition filled from the root filesystem");
+                }
+                boot_entry = self.uefi_boot_entry(target)?;
+            }
+            (BootMode::Bios, Some(root)) if bios_grub => {
+                self.progress.set_stage("installing GRUB");
+                let grub = bootloader::install_bios_grub(&mut HostSystem::new(), &self.disk, &root)
+                    .map_err(|source| DeployError::Bootloader { disk: self.disk.clone(), source })?;
+                tracing::info!(?grub, "GRUB installed");
+            }
+            _ => {}
+        }
+        Ok(self.result(report.image, report.partition_uuids, boot_entry))
+    }
+
+    /// Under UEFI in the ramdisk: the boot entry for the loader on the disk's ESP, first in BootOrder.
+    fn uefi_boot_entry(&self, target: &mut FileTarget) -> Result<Option<String>, DeployError> {
+        if self.boot_mode != BootMode::Uefi || !self.configure_boot {
+            return Ok(None);
+        }
+        self.progress.set_stage("creating UEFI boot entry");
+        let entry = efi::create_boot_entry(target, Path::new(efi::EFIVARS_DIR))
+            .map_err(|source| DeployError::BootEntry { disk: self.disk.clone(), source })?;
+        tracing::info!(%entry, "UEFI boot entry created, first in BootOrder");
+        Ok(Some(entry.to_string()))
+    }
+
+    /// Lets the kernel see the new partitions (the deployed OS does not need it; tools in the ramdisk do).
+    fn reread_partitions(&self) {
+        if let Err(error) = partition::reread_partition_table(&self.disk) {
+            tracing::warn!("{:#}", anyhow::Error::from(error));
+        }
+    }
+
+    fn result(
+        &self,
+        report: WriteReport,
+        partition_uuids: BTreeMap<String, String>,
+        boot_entry: Option<String>,
+    ) -> WriteImageResult {
+        let seconds = report.elapsed.as_secs_f64();
+        WriteImageResult {
+            root_device: self.disk.display().to_string(),
+            format: report.format,
+            image_bytes: report.image_bytes,
+            source_bytes: report.source_bytes,
+            seconds,
+            mib_per_second: report.image_bytes as f64 / (1 << 20) as f64 / seconds.max(1e-9),
+            partition_uuids,
+            boot_entry,
+        }
+    }
+}
+
+/// IPA's `root uuid` of a whole-disk image: the MBR disk signature as `0x%08x` (zero on pure GPT
+/// disks, whose protective MBR has none, so then the GPT disk GUID).
+fn disk_identifier(target: &mut dyn Target) -> Option<String> {
+    let mut sector = [0u8; 1024];
+    target.read_at(0, &mut sector).ok()?;
+    let signature = u32::from_le_bytes(sector[440..444].try_into().ok()?);
+    if signature != 0 {
+        return Some(format!("0x{signature:08x}"));
+    }
+    if &sector[512..520] != b"EFI PART" {
+        return None;
+    }
+    let guid: [u8; 16] = sector[512 + 56..512 + 72].try_into().ok()?;
+    Some(uuid::Uuid::from_bytes_le(guid).to_string())
 }

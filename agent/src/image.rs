@@ -1,31 +1,42 @@
-//! The image write path: a stack of small readers, then a writer that holds the first MiB back.
+//! The image write path: a stack of small readers, then a disk writer that holds the first MiB back.
 //!
-//! source (HTTP) → hash → progress → decompress (by magic) → target.
-//! Before streaming, the first and last MiB of the target are zeroed so no old partition
-//! table survives; the image's own first MiB (its partition table and boot code) is written
-//! only after the checksum matched. A mismatch or an interrupted write therefore leaves a
-//! disk without a partition table, which no firmware will boot.
+//! source (HTTP) → progress → hash → decompress (gzip, zstd or xz, by magic) → content (raw or qcow2,
+//! by magic again) → disk writer. Before streaming, the first and last MiB of the target are zeroed so
+//! no old partition table survives; the image's own first MiB (its partition table and boot code) is
+//! written only after the checksum matched. A mismatch or an interrupted write therefore leaves a disk
+//! without a partition table, which no firmware will boot.
 
-use std::io::{self, BufRead, BufReader, Read};
-use std::sync::Arc;
+use std::io::{self, Cursor, Read};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use flate2::read::MultiGzDecoder;
+use liblzma::read::XzDecoder;
 
 use crate::checksum::{Algorithm, Expected, HashingReader};
 use crate::progress::{ProgressReader, ProgressTracker};
-use crate::target::Target;
+use crate::qcow2::{self, Qcow2Error};
+use crate::target::{Target, DIRECT_IO_ALIGNMENT};
 
 /// The part of the image written last, after the checksum matched.
 pub const HEAD_BYTES: usize = 1 << 20;
-const CHUNK_BYTES: usize = 4 << 20;
+/// Reads from the source and writes to the target move this much at a time.
+pub(crate) const CHUNK_BYTES: usize = 4 << 20;
+/// Zero skipping looks at blocks of this size (aligned on the target): small enough to find the
+/// zero runs of file systems, large enough to keep writes big.
+const ZERO_BLOCK_BYTES: usize = 64 << 10;
+/// Enough leading bytes to recognise every format [`probe_format`] knows.
+const PROBE_BYTES: usize = 512;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    #[error("image format {0} is not supported yet (supported: raw, gzip-compressed raw)")]
-    UnsupportedFormat(&'static str),
+    #[error("the image is {feature}, which cannot be written (supported: raw and qcow2, each optionally gzip-, zstd- or xz-compressed)")]
+    Unsupported { feature: String },
+    #[error(transparent)]
+    Qcow2(#[from] Qcow2Error),
     #[error("reading the image failed after {bytes_read} bytes")]
     Read {
+        /// Bytes of the download (before decompression) read so far.
         bytes_read: u64,
         #[source]
         source: io::Error,
@@ -48,12 +59,14 @@ pub enum WriteError {
 pub struct WriteReport {
     /// Bytes read from the source (compressed size for compressed images).
     pub source_bytes: u64,
-    /// Bytes written to the target.
+    /// Size of the disk image: bytes of a raw image, virtual size of a qcow2.
     pub image_bytes: u64,
     pub elapsed: Duration,
+    /// What was written, e.g. "raw", "raw (gzip)", "qcow2 (zstd)".
+    pub format: String,
 }
 
-/// Formats recognised by their first bytes.
+/// Formats recognised by their first bytes (never by the URL).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Raw,
@@ -61,17 +74,39 @@ pub enum Format {
     Zstd,
     Xz,
     Qcow2,
+    /// A disk image format Ferric recognises but does not write: writing it as raw would leave garbage.
+    Other(&'static str),
 }
 
 impl Format {
-    pub fn sniff(head: &[u8]) -> Format {
-        match head {
-            [0x1f, 0x8b, ..] => Format::Gzip,
-            [0x28, 0xb5, 0x2f, 0xfd, ..] => Format::Zstd,
-            [0xfd, b'7', b'z', b'X', b'Z', 0x00, ..] => Format::Xz,
-            [b'Q', b'F', b'I', 0xfb, ..] => Format::Qcow2,
-            _ => Format::Raw,
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Raw => "raw",
+            Format::Gzip => "gzip",
+            Format::Zstd => "zstd",
+            Format::Xz => "xz",
+            Format::Qcow2 => "qcow2",
+            Format::Other(name) => name,
         }
+    }
+}
+
+/// Recognises a format from the first bytes of a stream (up to 512 are looked at).
+pub fn probe_format(head: &[u8]) -> Format {
+    match head {
+        [0x1f, 0x8b, 0x08, ..] => Format::Gzip,
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => Format::Zstd,
+        [0xfd, b'7', b'z', b'X', b'Z', 0x00, ..] => Format::Xz,
+        [b'Q', b'F', b'I', 0xfb, 0, 0, 0, 1, ..] => Format::Other("a qcow version 1 image"),
+        [b'Q', b'F', b'I', 0xfb, ..] => Format::Qcow2,
+        [b'Q', b'E', b'D', 0, ..] => Format::Other("a QED image"),
+        [b'K', b'D', b'M', b'V', ..] => Format::Other("a VMDK image"),
+        [b'L', b'U', b'K', b'S', 0xba, 0xbe, ..] => Format::Other("a LUKS-encrypted volume"),
+        _ if head.starts_with(b"# Disk DescriptorFile") => Format::Other("a VMDK descriptor"),
+        _ if head.starts_with(b"vhdxfile") => Format::Other("a VHDX image"),
+        _ if head.starts_with(b"conectix") => Format::Other("a dynamic VHD image"),
+        _ if head.get(0x40..0x44) == Some(&[0x7f, 0x10, 0xda, 0xbe]) => Format::Other("a VDI image"),
+        _ => Format::Raw,
     }
 }
 
@@ -100,13 +135,25 @@ pub fn write_image<R: Read>(
 
     let outcome = stream_and_verify(source, expected, target, progress);
     if outcome.is_err() {
-        // The image may have run over the zeroed tail (an image larger than the disk):
-        // clear it again so no backup partition table can be found. Best effort: the
-        // device may be the thing that failed.
+        // The image may have run over the zeroed tail (an image larger than the disk, or one whose
+        // backup partition table was written before the failure): clear it again so no partition
+        // table can be found. Best effort: the device may be the thing that failed.
         let _ = target.write_at(size - HEAD_BYTES as u64, &zeros).and_then(|()| target.sync());
     }
-    let image_bytes = outcome?;
-    Ok(WriteReport { source_bytes: progress.bytes_done(), image_bytes, elapsed: started.elapsed() })
+    let written = outcome?;
+    Ok(WriteReport {
+        source_bytes: progress.bytes_done(),
+        image_bytes: written.image_bytes,
+        elapsed: started.elapsed(),
+        format: written.format,
+    })
+}
+
+/// An image streamed onto the target, its first MiB still held back.
+struct Written {
+    head: Vec<u8>,
+    image_bytes: u64,
+    format: String,
 }
 
 /// Streams everything but the head, verifies the checksum, then writes the head.
@@ -115,21 +162,25 @@ fn stream_and_verify<R: Read>(
     expected: &Expected,
     target: &mut dyn Target,
     progress: &Arc<ProgressTracker>,
-) -> Result<u64, WriteError> {
+) -> Result<Written, WriteError> {
     progress.set_stage("writing image");
-    let mut hashing = HashingReader::new(ProgressReader::new(source, progress.clone()), expected.algorithm);
-    let mut buffered = BufReader::with_capacity(CHUNK_BYTES, &mut hashing);
-    let magic = buffered.fill_buf().map_err(|source| WriteError::Read { bytes_read: 0, source })?;
-    let (head, image_bytes) = match Format::sniff(magic) {
-        Format::Raw => copy_holding_head(buffered, target, progress)?,
-        Format::Gzip => copy_holding_head(MultiGzDecoder::new(buffered), target, progress)?,
-        Format::Zstd => return Err(WriteError::UnsupportedFormat("zstd")),
-        Format::Xz => return Err(WriteError::UnsupportedFormat("xz")),
-        Format::Qcow2 => return Err(WriteError::UnsupportedFormat("qcow2")),
-    };
-
-    progress.set_stage("verifying checksum");
-    let actual = hashing.finish().map_err(|source| WriteError::Read { bytes_read: progress.bytes_done(), source })?;
+    // Hashing runs on its own thread, fed a copy of the download, so it overlaps reading and writing.
+    let (written, actual) = std::thread::scope(|scope| {
+        let (batches, batches_rx) = mpsc::sync_channel(HASH_QUEUE);
+        let algorithm = expected.algorithm;
+        let hasher = scope.spawn(move || HashingReader::new(ChannelReader::new(batches_rx), algorithm).finish());
+        let mut source = HashTee::new(ProgressReader::new(source, progress.clone()), batches);
+        let written = write_stream(&mut source, target, progress).and_then(|written| {
+            progress.set_stage("verifying checksum");
+            // What the decompressor or the qcow2 reader left unread: the checksum covers the whole download.
+            io::copy(&mut source, &mut io::sink()).map_err(|e| read_error(progress, e))?;
+            Ok(written)
+        });
+        drop(source.finish());
+        let actual = hasher.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        written.map(|written| (written, actual))
+    })?;
+    let actual = actual.map_err(|e| read_error(progress, e))?;
     if actual != expected.hex {
         return Err(WriteError::ChecksumMismatch {
             algorithm: expected.algorithm,
@@ -138,45 +189,451 @@ fn stream_and_verify<R: Read>(
         });
     }
     progress.set_stage("writing partition table");
-    write_at(target, 0, &head)?;
+    write_at(target, 0, &written.head)?;
     progress.set_stage("flushing");
     sync(target)?;
-    Ok(image_bytes)
+    Ok(written)
 }
 
-/// Copies `reader` to `target` from offset 0, returning the first [`HEAD_BYTES`] instead of
-/// writing them, and the number of bytes the image has.
-fn copy_holding_head(
+/// Recognises the download's format, decompresses it if needed, and writes what it holds.
+fn write_stream(source: impl Read, target: &mut dyn Target, progress: &ProgressTracker) -> Result<Written, WriteError> {
+    let mut source = source;
+    let probe = read_probe(&mut source, progress)?;
+    let format = probe_format(&probe);
+    let input = Cursor::new(probe).chain(source);
+    match format {
+        Format::Gzip => write_decompressed(MultiGzDecoder::new(input), format, target, progress),
+        Format::Zstd => {
+            let decoder = zstd::stream::read::Decoder::new(input).map_err(|e| read_error(progress, e))?;
+            write_decompressed(decoder, format, target, progress)
+        }
+        Format::Xz => write_decompressed(XzDecoder::new_multi_decoder(input), format, target, progress),
+        Format::Raw | Format::Qcow2 | Format::Other(_) => write_content(input, format, None, target, progress),
+    }
+}
+
+/// Bytes handed to the hashing thread at a time, and how many may wait: bounds the memory for hashing.
+const HASH_BATCH_BYTES: usize = 1 << 20;
+const HASH_QUEUE: usize = 2;
+
+/// Passes a reader through, sending a copy of every byte to the hashing thread.
+struct HashTee<R> {
+    inner: R,
+    batch: Vec<u8>,
+    batches: mpsc::SyncSender<Vec<u8>>,
+}
+
+impl<R: Read> HashTee<R> {
+    fn new(inner: R, batches: mpsc::SyncSender<Vec<u8>>) -> Self {
+        Self { inner, batch: Vec::with_capacity(HASH_BATCH_BYTES), batches }
+    }
+
+    /// Sends what is left; dropping the result closes the channel, which ends the hashing.
+    fn finish(mut self) -> mpsc::SyncSender<Vec<u8>> {
+        self.send_batch();
+        self.batches
+    }
+
+    fn send_batch(&mut self) {
+        if !self.batch.is_empty() {
+            let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(HASH_BATCH_BYTES));
+            // The hashing thread only stops early when the write failed: its digest no longer matters.
+            let _ = self.batches.send(batch);
+        }
+    }
+}
+
+impl<R: Read> Read for HashTee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut data = &buf[..n];
+        while !data.is_empty() {
+            let take = (HASH_BATCH_BYTES - self.batch.len()).min(data.len());
+            self.batch.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.batch.len() == HASH_BATCH_BYTES {
+                self.send_batch();
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The hashing thread's end of the channel, as a reader.
+struct ChannelReader {
+    batches: mpsc::Receiver<Vec<u8>>,
+    current: Vec<u8>,
+    consumed: usize,
+}
+
+impl ChannelReader {
+    fn new(batches: mpsc::Receiver<Vec<u8>>) -> Self {
+        Self { batches, current: Vec::new(), consumed: 0 }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.consumed == self.current.len() {
+            match self.batches.recv() {
+                Ok(batch) => (self.current, self.consumed) = (batch, 0),
+                Err(mpsc::RecvError) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.consumed);
+        buf[..n].copy_from_slice(&self.current[self.consumed..self.consumed + n]);
+        self.consumed += n;
+        Ok(n)
+    }
+}
+
+/// Recognises what a decompressor yields and writes it.
+fn write_decompressed(
+    mut reader: impl Read,
+    container: Format,
+    target: &mut dyn Target,
+    progress: &ProgressTracker,
+) -> Result<Written, WriteError> {
+    let probe = read_probe(&mut reader, progress)?;
+    let format = probe_format(&probe);
+    write_content(Cursor::new(probe).chain(reader), format, Some(container), target, progress)
+}
+
+fn write_content(
+    reader: impl Read,
+    format: Format,
+    container: Option<Format>,
+    target: &mut dyn Target,
+    progress: &ProgressTracker,
+) -> Result<Written, WriteError> {
+    let (head, image_bytes) = match (format, container) {
+        (Format::Raw, _) => write_raw(reader, target, progress)?,
+        (Format::Qcow2, _) => qcow2::write(reader, target, progress)?,
+        (Format::Other(name), _) => return Err(WriteError::Unsupported { feature: name.to_owned() }),
+        (inner, outer) => {
+            let outer = outer.map_or("", Format::name);
+            return Err(WriteError::Unsupported { feature: format!("{} data inside {outer}", inner.name()) });
+        }
+    };
+    let format = match container {
+        Some(container) => format!("{} ({})", format.name(), container.name()),
+        None => format.name().to_owned(),
+    };
+    Ok(Written { head, image_bytes, format })
+}
+
+/// Copies a raw image to the target from offset 0; returns its head and its size.
+fn write_raw(
     mut reader: impl Read,
     target: &mut dyn Target,
     progress: &ProgressTracker,
 ) -> Result<(Vec<u8>, u64), WriteError> {
-    let mut head = Vec::with_capacity(HEAD_BYTES);
-    let mut chunk = vec![0u8; CHUNK_BYTES];
-    let mut offset = 0u64;
-    loop {
-        let filled = fill(&mut reader, &mut chunk)
-            .map_err(|source| WriteError::Read { bytes_read: progress.bytes_done(), source })?;
-        if filled == 0 {
-            break;
+    let zero_len = target.size();
+    DiskWriter::run(target, zero_len, |writer| {
+        let mut offset = 0u64;
+        loop {
+            let mut buf = writer.take_buffer()?;
+            let filled = fill(&mut reader, &mut buf).map_err(|e| read_error(progress, e))?;
+            if filled == 0 {
+                writer.recycle(buf);
+                return Ok(offset);
+            }
+            writer.submit(offset, buf, filled)?;
+            offset += filled as u64;
         }
-        let mut data = &chunk[..filled];
-        if head.len() < HEAD_BYTES {
-            let take = (HEAD_BYTES - head.len()).min(data.len());
-            head.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            offset += take as u64;
+    })
+}
+
+/// [`CHUNK_BYTES`] aligned for direct I/O (an aligned window into a slightly larger allocation).
+pub(crate) struct Buffer {
+    storage: Vec<u8>,
+    start: usize,
+}
+
+impl Buffer {
+    fn new() -> Buffer {
+        let storage = vec![0u8; CHUNK_BYTES + DIRECT_IO_ALIGNMENT];
+        let start = storage.as_ptr().align_offset(DIRECT_IO_ALIGNMENT);
+        Buffer { storage, start }
+    }
+}
+
+impl std::ops::Deref for Buffer {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.storage[self.start..self.start + CHUNK_BYTES]
+    }
+}
+
+impl std::ops::DerefMut for Buffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.storage[self.start..self.start + CHUNK_BYTES]
+    }
+}
+
+/// Buffers of [`CHUNK_BYTES`] in use at once: one being filled, one gathering small writes, the rest
+/// queued for or being written by the writer thread.
+const WRITE_BUFFERS: usize = 4;
+
+/// Work for the writer thread.
+enum Job {
+    /// Write the first `len` bytes of the buffer at `offset`, then hand the buffer back.
+    Data {
+        offset: u64,
+        buf: Buffer,
+        len: usize,
+    },
+    Zeros {
+        offset: u64,
+        len: u64,
+    },
+}
+
+/// Writes an image's bytes at their offsets, holding the first [`HEAD_BYTES`] back. The writes run on
+/// a thread of their own, so they overlap reading, hashing and decompressing; that thread skips zero
+/// blocks when the target already reads back zeros.
+pub(crate) struct DiskWriter {
+    size: u64,
+    target_name: String,
+    head: Vec<u8>,
+    skip_zeros: bool,
+    /// Small contiguous writes gathered into one: (offset, buffer, bytes used).
+    staged: Option<(u64, Buffer, usize)>,
+    spare: Vec<Buffer>,
+    allocated: usize,
+    jobs: mpsc::SyncSender<Job>,
+    returned: mpsc::Receiver<Buffer>,
+}
+
+impl DiskWriter {
+    /// Makes `[0, zero_len)` read back zeros if the target can do so without writing, runs `write`
+    /// with a writer feeding a writer thread, and waits for the writes; returns the held-back head and
+    /// what `write` returned.
+    pub(crate) fn run<T>(
+        target: &mut dyn Target,
+        zero_len: u64,
+        write: impl FnOnce(&mut DiskWriter) -> Result<T, WriteError>,
+    ) -> Result<(Vec<u8>, T), WriteError> {
+        let target_name = target.describe();
+        let skip_zeros = target.zero_fast(0, zero_len).map_err(|source| WriteError::Write {
+            target: target_name.clone(),
+            offset: 0,
+            source,
+        })?;
+        tracing::debug!(target = %target_name, skip_zeros, "image writer ready");
+        let size = target.size();
+        std::thread::scope(|scope| {
+            let (jobs, jobs_rx) = mpsc::sync_channel(WRITE_BUFFERS - 2);
+            let (returned_tx, returned) = mpsc::channel();
+            let thread = scope.spawn(move || write_jobs(target, skip_zeros, jobs_rx, returned_tx));
+            let mut writer = DiskWriter {
+                size,
+                target_name,
+                head: vec![0; HEAD_BYTES],
+                skip_zeros,
+                staged: None,
+                spare: Vec::new(),
+                allocated: 0,
+                jobs,
+                returned,
+            };
+            let result = write(&mut writer).and_then(|value| writer.flush_staged().map(|()| value));
+            let DiskWriter { head, jobs, .. } = writer;
+            drop(jobs);
+            // The writer thread's error is the precise one: ours may only say that it stopped.
+            thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            Ok((head, result?))
+        })
+    }
+
+    /// A buffer of [`CHUNK_BYTES`] to fill and [`submit`](Self::submit); waits while all are in use.
+    pub(crate) fn take_buffer(&mut self) -> Result<Buffer, WriteError> {
+        self.spare.extend(self.returned.try_iter());
+        if let Some(buf) = self.spare.pop() {
+            return Ok(buf);
         }
-        if !data.is_empty() {
-            write_at(target, offset, data)?;
-            offset += data.len() as u64;
+        if self.allocated < WRITE_BUFFERS {
+            self.allocated += 1;
+            return Ok(Buffer::new());
+        }
+        self.returned.recv().map_err(|_| self.writer_stopped(0))
+    }
+
+    pub(crate) fn recycle(&mut self, buf: Buffer) {
+        self.spare.push(buf);
+    }
+
+    /// Writes the first `len` bytes of `buf` at `offset` without copying them.
+    pub(crate) fn submit(&mut self, offset: u64, buf: Buffer, len: usize) -> Result<(), WriteError> {
+        self.flush_staged()?;
+        self.send_data(offset, buf, len)
+    }
+
+    /// Writes `data` at `offset`, gathering small contiguous writes (decompressed clusters) into one.
+    pub(crate) fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), WriteError> {
+        if let Some((staged_at, buf, used)) = &mut self.staged {
+            if *staged_at + *used as u64 == offset && *used + data.len() <= buf.len() {
+                buf[*used..*used + data.len()].copy_from_slice(data);
+                *used += data.len();
+                return Ok(());
+            }
+        }
+        self.flush_staged()?;
+        for (i, piece) in data.chunks(CHUNK_BYTES).enumerate() {
+            let mut buf = self.take_buffer()?;
+            buf[..piece.len()].copy_from_slice(piece);
+            self.staged = Some((offset + (i * CHUNK_BYTES) as u64, buf, piece.len()));
+            if piece.len() == CHUNK_BYTES {
+                self.flush_staged()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `len` bytes at `offset` zero: nothing to do when the target reads back zeros already.
+    pub(crate) fn write_zeros(&mut self, offset: u64, len: u64) -> Result<(), WriteError> {
+        let end = offset.saturating_add(len);
+        self.check_fits(offset, end)?;
+        if offset < HEAD_BYTES as u64 {
+            self.head[offset as usize..end.min(HEAD_BYTES as u64) as usize].fill(0);
+        }
+        let offset = offset.max(HEAD_BYTES as u64);
+        if self.skip_zeros || offset >= end {
+            return Ok(());
+        }
+        self.jobs.send(Job::Zeros { offset, len: end - offset }).map_err(|_| self.writer_stopped(offset))
+    }
+
+    fn flush_staged(&mut self) -> Result<(), WriteError> {
+        match self.staged.take() {
+            Some((offset, buf, used)) => self.send_data(offset, buf, used),
+            None => Ok(()),
         }
     }
-    Ok((head, offset))
+
+    /// Copies what falls into the head, sends the rest to the writer thread.
+    fn send_data(&mut self, offset: u64, buf: Buffer, len: usize) -> Result<(), WriteError> {
+        let end = offset + len as u64;
+        self.check_fits(offset, end)?;
+        let mut skip = 0;
+        if offset < HEAD_BYTES as u64 {
+            skip = (HEAD_BYTES - offset as usize).min(len);
+            self.head[offset as usize..offset as usize + skip].copy_from_slice(&buf[..skip]);
+        }
+        if skip == len {
+            self.recycle(buf);
+            return Ok(());
+        }
+        if skip > 0 {
+            // Rare (the image's first MiB): move the rest to the front rather than track a start.
+            let mut rest = self.take_buffer()?;
+            rest[..len - skip].copy_from_slice(&buf[skip..len]);
+            self.recycle(buf);
+            return self.send_data(offset + skip as u64, rest, len - skip);
+        }
+        self.jobs.send(Job::Data { offset, buf, len }).map_err(|_| self.writer_stopped(offset))
+    }
+
+    fn check_fits(&self, offset: u64, end: u64) -> Result<(), WriteError> {
+        if end > self.size {
+            return Err(WriteError::Write {
+                target: self.target_name.clone(),
+                offset,
+                source: io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    format!("the image continues to byte {end}, past the end of the target ({} bytes)", self.size),
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Stands in for the writer thread's own error, which [`run`](Self::run) returns instead.
+    fn writer_stopped(&self, offset: u64) -> WriteError {
+        WriteError::Write { target: self.target_name.clone(), offset, source: io::Error::other("the writer stopped") }
+    }
+}
+
+/// The writer thread: performs the jobs in order, handing buffers back; stops at the first error.
+fn write_jobs(
+    target: &mut dyn Target,
+    skip_zeros: bool,
+    jobs: mpsc::Receiver<Job>,
+    returned: mpsc::Sender<Buffer>,
+) -> Result<(), WriteError> {
+    let mut zeros = Vec::new();
+    for job in jobs {
+        match job {
+            Job::Data { offset, buf, len } => {
+                let written = if skip_zeros {
+                    write_non_zero_blocks(target, offset, &buf[..len])
+                } else {
+                    write_at(target, offset, &buf[..len])
+                };
+                // The other end is gone only when the image writer finished or failed.
+                let _ = returned.send(buf);
+                written?;
+            }
+            Job::Zeros { offset, len } => {
+                if zeros.is_empty() {
+                    zeros = vec![0u8; CHUNK_BYTES];
+                }
+                let mut at = offset;
+                while at < offset + len {
+                    let n = (offset + len - at).min(CHUNK_BYTES as u64) as usize;
+                    write_at(target, at, &zeros[..n])?;
+                    at += n as u64;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes the runs of non-zero blocks of `data`; block boundaries are aligned on the target.
+fn write_non_zero_blocks(target: &mut dyn Target, offset: u64, data: &[u8]) -> Result<(), WriteError> {
+    let mut run_start = None;
+    let mut at = 0usize;
+    while at < data.len() {
+        let block_end = ((offset + at as u64) / ZERO_BLOCK_BYTES as u64 + 1) * ZERO_BLOCK_BYTES as u64;
+        let next = ((block_end - offset) as usize).min(data.len());
+        if is_zero(&data[at..next]) {
+            if let Some(start) = run_start.take() {
+                write_at(target, offset + start as u64, &data[start..at])?;
+            }
+        } else if run_start.is_none() {
+            run_start = Some(at);
+        }
+        at = next;
+    }
+    if let Some(start) = run_start {
+        write_at(target, offset + start as u64, &data[start..])?;
+    }
+    Ok(())
+}
+
+/// True if every byte is zero; ORs 64-byte lanes so the compiler vectorises it.
+fn is_zero(data: &[u8]) -> bool {
+    let mut chunks = data.chunks_exact(64);
+    let lanes_zero = chunks.all(|lane| lane.iter().fold(0u8, |acc, b| acc | b) == 0);
+    lanes_zero && chunks.remainder().iter().all(|b| *b == 0)
+}
+
+/// The first [`PROBE_BYTES`] of a stream (fewer if it is shorter).
+fn read_probe(reader: &mut impl Read, progress: &ProgressTracker) -> Result<Vec<u8>, WriteError> {
+    let mut probe = vec![0u8; PROBE_BYTES];
+    let filled = fill(reader, &mut probe).map_err(|e| read_error(progress, e))?;
+    probe.truncate(filled);
+    Ok(probe)
+}
+
+pub(crate) fn read_error(progress: &ProgressTracker, source: io::Error) -> WriteError {
+    WriteError::Read { bytes_read: progress.bytes_done(), source }
 }
 
 /// Reads until `buf` is full or the input ends; returns the bytes read.
-fn fill(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn fill(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match reader.read(&mut buf[filled..]) {
@@ -197,13 +654,98 @@ fn sync(target: &mut dyn Target) -> Result<(), WriteError> {
     target.sync().map_err(|source| WriteError::Write { target: target.describe(), offset: 0, source })
 }
 
+/// Helpers shared by the image and qcow2 tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
     use crate::target::{Fault, FaultyTarget, FileTarget};
-    use flate2::{write::GzEncoder, Compression};
     use sha2::{Digest, Sha256};
+    use std::path::Path;
+    use std::process::Command;
+
+    /// What the disk held before: anything still reading this was not written.
+    pub(crate) const OLD: u8 = 0xee;
+
+    pub(crate) fn sha256(data: &[u8]) -> Expected {
+        Expected { algorithm: Algorithm::Sha256, hex: hex::encode(Sha256::digest(data)) }
+    }
+
+    pub(crate) fn sha256_file(path: &Path) -> Expected {
+        let mut hasher = Sha256::new();
+        io::copy(&mut std::fs::File::open(path).unwrap(), &mut hasher).unwrap();
+        Expected { algorithm: Algorithm::Sha256, hex: hex::encode(hasher.finalize()) }
+    }
+
+    /// A disk file of `len` bytes of [`OLD`], as if an older image lived there.
+    pub(crate) fn old_disk(len: u64) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), vec![OLD; len as usize]).unwrap();
+        file
+    }
+
+    /// Writes the image file `image` onto the disk file `disk`, checking it against its own sha256,
+    /// through a fault-injecting target when `fault` is given.
+    pub(crate) fn write_file(image: &Path, disk: &Path, fault: Option<Fault>) -> Result<WriteReport, WriteError> {
+        write_file_expecting(image, &sha256_file(image), disk, fault)
+    }
+
+    pub(crate) fn write_file_expecting(
+        image: &Path,
+        expected: &Expected,
+        disk: &Path,
+        fault: Option<Fault>,
+    ) -> Result<WriteReport, WriteError> {
+        let source = std::fs::File::open(image).unwrap();
+        let progress = Arc::new(ProgressTracker::default());
+        let file_target = FileTarget::open(disk).unwrap();
+        match fault {
+            Some(fault) => write_image(source, expected, &mut FaultyTarget::new(file_target, fault), &progress),
+            None => write_image(source, expected, &mut { file_target }, &progress),
+        }
+    }
+
+    pub(crate) fn assert_no_partition_table(disk: &[u8]) {
+        assert!(disk[..HEAD_BYTES].iter().all(|b| *b == 0), "first MiB must be zero");
+        assert!(disk[disk.len() - HEAD_BYTES..].iter().all(|b| *b == 0), "last MiB must be zero");
+    }
+
+    /// The disk is as before except for its zeroed first and last MiB.
+    pub(crate) fn assert_only_wiped(disk: &[u8]) {
+        assert_no_partition_table(disk);
+        let middle = &disk[HEAD_BYTES..disk.len() - HEAD_BYTES];
+        assert!(middle.iter().all(|b| *b == OLD), "nothing but the first and last MiB may change");
+    }
+
+    pub(crate) fn run(description: &str, command: &mut Command) -> String {
+        ferric_runner::run(description, command).unwrap().stdout
+    }
+
+    /// Asserts that the first `len` bytes of two files are equal, comparing 4 MiB at a time.
+    pub(crate) fn assert_same_prefix(written: &Path, expected: &Path, len: u64) {
+        let (mut a, mut b) = (std::fs::File::open(written).unwrap(), std::fs::File::open(expected).unwrap());
+        let (mut buf_a, mut buf_b) = (vec![0u8; CHUNK_BYTES], vec![0u8; CHUNK_BYTES]);
+        let mut offset = 0u64;
+        while offset < len {
+            let n = (len - offset).min(CHUNK_BYTES as u64) as usize;
+            a.read_exact(&mut buf_a[..n]).unwrap();
+            b.read_exact(&mut buf_b[..n]).unwrap();
+            if buf_a[..n] != buf_b[..n] {
+                let first = (0..n).find(|i| buf_a[*i] != buf_b[*i]).unwrap() as u64 + offset;
+                panic!("{} differs from {} at byte {first}", written.display(), expected.display());
+            }
+            offset += n as u64;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+    use crate::target::{Fault, FaultyTarget, FileTarget, Slice};
+    use flate2::{write::GzEncoder, Compression};
     use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
 
     const DISK: u64 = 16 << 20;
 
@@ -216,63 +758,123 @@ mod tests {
         data
     }
 
-    fn sha256(data: &[u8]) -> Expected {
-        Expected { algorithm: Algorithm::Sha256, hex: hex::encode(Sha256::digest(data)) }
-    }
-
-    /// A disk file pre-filled with 0xee, as if an older image lived there.
-    fn disk() -> tempfile::NamedTempFile {
-        let file = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(file.path(), vec![0xee; DISK as usize]).unwrap();
-        file
-    }
-
     fn gzip(data: &[u8]) -> Vec<u8> {
         let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
         enc.write_all(data).unwrap();
         enc.finish().unwrap()
     }
 
-    fn assert_no_partition_table(disk: &[u8]) {
-        assert!(disk[..HEAD_BYTES].iter().all(|b| *b == 0), "first MiB must be zero");
-        assert!(disk[disk.len() - HEAD_BYTES..].iter().all(|b| *b == 0), "last MiB must be zero");
+    fn zstd(data: &[u8]) -> Vec<u8> {
+        zstd::stream::encode_all(data, 3).unwrap()
+    }
+
+    /// Two concatenated xz streams, as `cat a.xz b.xz` gives.
+    fn xz_two_streams(data: &[u8]) -> Vec<u8> {
+        let (first, second) = data.split_at(data.len() / 3);
+        let mut out = Vec::new();
+        for part in [first, second] {
+            let mut enc = liblzma::write::XzEncoder::new(Vec::new(), 1);
+            enc.write_all(part).unwrap();
+            out.extend(enc.finish().unwrap());
+        }
+        out
+    }
+
+    fn write(data: &[u8], expected: &Expected, target: &mut dyn Target) -> Result<WriteReport, WriteError> {
+        write_image(data, expected, target, &Arc::new(ProgressTracker::default()))
     }
 
     #[test]
     fn raw_image_is_written_whole_and_verified() {
         let data = image(5 * HEAD_BYTES + 123);
-        let file = disk();
-        let mut target = FileTarget::open(file.path()).unwrap();
+        let file = old_disk(DISK);
+        let mut target = FaultyTarget::new(FileTarget::open(file.path()).unwrap(), Fault::NoFastZeroing);
         let progress = Arc::new(ProgressTracker::default());
         let report = write_image(&data[..], &sha256(&data), &mut target, &progress).unwrap();
         assert_eq!(report.image_bytes, data.len() as u64);
         assert_eq!(report.source_bytes, data.len() as u64);
+        assert_eq!(report.format, "raw");
         let written = std::fs::read(file.path()).unwrap();
         assert_eq!(&written[..data.len()], &data[..]);
-        assert!(written[data.len()..DISK as usize - HEAD_BYTES].iter().all(|b| *b == 0xee));
+        assert!(written[data.len()..DISK as usize - HEAD_BYTES].iter().all(|b| *b == OLD));
         assert_eq!(progress.snapshot().stage, "flushing");
     }
 
     #[test]
-    fn gzip_image_is_decompressed_and_checksum_covers_the_compressed_bytes() {
+    fn compressed_images_are_decompressed_and_the_checksum_covers_the_download() {
+        let data = image(3 * HEAD_BYTES + 4097);
+        let cases: [(&str, Vec<u8>); 3] =
+            [("raw (gzip)", gzip(&data)), ("raw (zstd)", zstd(&data)), ("raw (xz)", xz_two_streams(&data))];
+        for (format, compressed) in cases {
+            let file = old_disk(DISK);
+            let mut target = FileTarget::open(file.path()).unwrap();
+            let report = write(&compressed, &sha256(&compressed), &mut target).unwrap();
+            assert_eq!(report.format, format);
+            assert_eq!(report.image_bytes, data.len() as u64, "{format}");
+            assert_eq!(report.source_bytes, compressed.len() as u64, "{format}");
+            assert_eq!(&std::fs::read(file.path()).unwrap()[..data.len()], &data[..], "{format}");
+        }
+    }
+
+    #[test]
+    fn zero_blocks_are_skipped_when_the_target_zeroes_fast_and_written_otherwise() {
+        // 1 MiB head, 6 MiB of zeros, 1 MiB of data.
+        let mut data = image(8 * HEAD_BYTES);
+        data[HEAD_BYTES..7 * HEAD_BYTES].fill(0);
+        for fault in [None, Some(Fault::NoFastZeroing)] {
+            let file = old_disk(DISK);
+            let mut target = FaultyTarget::new(FileTarget::open(file.path()).unwrap(), fault.unwrap_or(Fault::SyncEio));
+            let mut plain = FileTarget::open(file.path()).unwrap();
+            let target: &mut dyn Target = if fault.is_some() { &mut target } else { &mut plain };
+            write(&data, &sha256(&data), target).unwrap();
+            let written = std::fs::read(file.path()).unwrap();
+            assert_eq!(&written[..data.len()], &data[..], "{fault:?}");
+            let allocated = file.as_file().metadata().unwrap().blocks() * 512;
+            if fault.is_none() {
+                // Only the head, the last MiB of data and the zeroed tail are allocated.
+                assert!(allocated <= 4 * HEAD_BYTES as u64, "{allocated} bytes allocated");
+                assert!(written[data.len()..].iter().all(|b| *b == 0), "the rest of the disk was zeroed");
+            } else {
+                assert!(allocated >= DISK, "zeros written, {allocated} bytes allocated");
+                assert!(written[data.len()..DISK as usize - HEAD_BYTES].iter().all(|b| *b == OLD));
+            }
+        }
+    }
+
+    #[test]
+    fn zero_check_finds_a_single_non_zero_byte_anywhere() {
+        for len in [0, 1, 63, 64, 65, 4096, ZERO_BLOCK_BYTES] {
+            assert!(is_zero(&vec![0u8; len]), "{len}");
+            for at in [0, len / 2, len.saturating_sub(1)].into_iter().filter(|at| *at < len) {
+                let mut block = vec![0u8; len];
+                block[at] = 1;
+                assert!(!is_zero(&block), "{len} bytes, non-zero at {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn image_is_written_into_a_slice_of_the_disk() {
         let data = image(3 * HEAD_BYTES);
-        let compressed = gzip(&data);
-        let file = disk();
-        let mut target = FileTarget::open(file.path()).unwrap();
-        let progress = Arc::new(ProgressTracker::default());
-        let report = write_image(&compressed[..], &sha256(&compressed), &mut target, &progress).unwrap();
-        assert_eq!(report.image_bytes, data.len() as u64);
-        assert_eq!(report.source_bytes, compressed.len() as u64);
-        assert_eq!(&std::fs::read(file.path()).unwrap()[..data.len()], &data[..]);
+        let file = old_disk(DISK);
+        let mut disk = FileTarget::open(file.path()).unwrap();
+        let start = 4 << 20;
+        let mut partition = Slice::new(&mut disk, start, 8 << 20);
+        write(&data, &sha256(&data), &mut partition).unwrap();
+        let written = std::fs::read(file.path()).unwrap();
+        let start = start as usize;
+        assert!(written[..start].iter().all(|b| *b == OLD), "before the partition");
+        assert_eq!(&written[start..start + data.len()], &data[..]);
+        assert!(written[start + (8 << 20)..].iter().all(|b| *b == OLD), "after the partition");
     }
 
     #[test]
     fn checksum_mismatch_leaves_no_partition_table() {
         let data = image(3 * HEAD_BYTES);
-        let file = disk();
+        let file = old_disk(DISK);
         let mut target = FileTarget::open(file.path()).unwrap();
         let wrong = sha256(b"something else");
-        let err = write_image(&data[..], &wrong, &mut target, &Arc::new(ProgressTracker::default())).unwrap_err();
+        let err = write(&data, &wrong, &mut target).unwrap_err();
         assert!(matches!(err, WriteError::ChecksumMismatch { .. }), "{err}");
         assert!(err.to_string().contains(&wrong.hex));
         assert_no_partition_table(&std::fs::read(file.path()).unwrap());
@@ -282,10 +884,9 @@ mod tests {
     fn write_failures_name_the_offset_and_leave_no_partition_table() {
         for fault in [Fault::EioAfter(3 << 20), Fault::ShortWriteAfter(3 << 20)] {
             let data = image(6 * HEAD_BYTES);
-            let file = disk();
+            let file = old_disk(DISK);
             let mut target = FaultyTarget::new(FileTarget::open(file.path()).unwrap(), fault);
-            let err =
-                write_image(&data[..], &sha256(&data), &mut target, &Arc::new(ProgressTracker::default())).unwrap_err();
+            let err = write(&data, &sha256(&data), &mut target).unwrap_err();
             assert!(matches!(err, WriteError::Write { .. }), "{fault:?}: {err}");
             assert_no_partition_table(&std::fs::read(file.path()).unwrap());
         }
@@ -294,48 +895,85 @@ mod tests {
     #[test]
     fn failed_final_flush_is_reported() {
         let data = image(2 * HEAD_BYTES);
-        let file = disk();
+        let file = old_disk(DISK);
         let mut target = FaultyTarget::new(FileTarget::open(file.path()).unwrap(), Fault::SyncEio);
-        let err =
-            write_image(&data[..], &sha256(&data), &mut target, &Arc::new(ProgressTracker::default())).unwrap_err();
+        let err = write(&data, &sha256(&data), &mut target).unwrap_err();
         assert!(matches!(err, WriteError::Write { .. }), "{err}");
     }
 
     #[test]
     fn image_larger_than_target_fails() {
         let data = image(DISK as usize + 10);
-        let file = disk();
+        let file = old_disk(DISK);
         let mut target = FileTarget::open(file.path()).unwrap();
-        let err =
-            write_image(&data[..], &sha256(&data), &mut target, &Arc::new(ProgressTracker::default())).unwrap_err();
+        let err = write(&data, &sha256(&data), &mut target).unwrap_err();
         assert!(err.to_string().contains("offset"), "{err}");
         assert_no_partition_table(&std::fs::read(file.path()).unwrap());
     }
 
     #[test]
-    fn truncated_gzip_is_a_read_error() {
-        let data = image(3 * HEAD_BYTES);
-        let compressed = gzip(&data);
-        let cut = &compressed[..compressed.len() / 2];
-        let file = disk();
+    fn zeros_past_the_end_of_the_target_still_fail() {
+        let mut data = image(DISK as usize + HEAD_BYTES);
+        data[DISK as usize - HEAD_BYTES..].fill(0);
+        let file = old_disk(DISK);
         let mut target = FileTarget::open(file.path()).unwrap();
-        let err = write_image(cut, &sha256(cut), &mut target, &Arc::new(ProgressTracker::default())).unwrap_err();
-        assert!(matches!(err, WriteError::Read { .. }), "{err}");
+        let err = write(&data, &sha256(&data), &mut target).unwrap_err();
+        assert!(matches!(err, WriteError::Write { .. }), "{err}");
         assert_no_partition_table(&std::fs::read(file.path()).unwrap());
     }
 
     #[test]
-    fn unsupported_formats_are_refused_before_writing() {
-        let cases: [(&[u8], &str); 3] =
-            [(b"QFI\xfb\0\0\0\x03", "qcow2"), (b"\x28\xb5\x2f\xfd\0", "zstd"), (b"\xfd7zXZ\0\0", "xz")];
-        for (magic, name) in cases {
-            let mut data = magic.to_vec();
-            data.resize(3 * HEAD_BYTES, 0);
-            let file = disk();
+    fn truncated_compressed_images_are_read_errors() {
+        let data = image(3 * HEAD_BYTES);
+        for compressed in [gzip(&data), zstd(&data), xz_two_streams(&data)] {
+            let cut = &compressed[..compressed.len() / 2];
+            let file = old_disk(DISK);
             let mut target = FileTarget::open(file.path()).unwrap();
-            let err =
-                write_image(&data[..], &sha256(&data), &mut target, &Arc::new(ProgressTracker::default())).unwrap_err();
-            assert!(err.to_string().contains(name), "{err}");
+            let err = write(cut, &sha256(cut), &mut target).unwrap_err();
+            assert!(matches!(err, WriteError::Read { .. }), "{err}");
+            assert_no_partition_table(&std::fs::read(file.path()).unwrap());
+        }
+    }
+
+    #[test]
+    fn unsupported_formats_are_refused_before_writing() {
+        let mut vdi = vec![0u8; 128];
+        vdi[0x40..0x44].copy_from_slice(&0xbeda107fu32.to_le_bytes());
+        let cases: [(&str, Vec<u8>, &str); 7] = [
+            ("VMDK", b"KDMV\x01\0\0\0".to_vec(), "VMDK image"),
+            ("VHDX", b"vhdxfile".to_vec(), "VHDX image"),
+            ("VDI", vdi, "VDI image"),
+            ("qcow v1", b"QFI\xfb\0\0\0\x01".to_vec(), "qcow version 1"),
+            ("LUKS", b"LUKS\xba\xbe\0\x01".to_vec(), "LUKS"),
+            ("gzip inside zstd", zstd(&gzip(&image(HEAD_BYTES))), "gzip data inside zstd"),
+            ("VMDK inside gzip", gzip(b"# Disk DescriptorFile\nversion=1\n"), "VMDK descriptor"),
+        ];
+        for (name, mut data, message) in cases {
+            if data.len() < 16 {
+                data.resize(3 * HEAD_BYTES, 0);
+            }
+            let file = old_disk(DISK);
+            let mut target = FileTarget::open(file.path()).unwrap();
+            let err = write(&data, &sha256(&data), &mut target).unwrap_err();
+            assert!(matches!(err, WriteError::Unsupported { .. }), "{name}: {err}");
+            assert!(err.to_string().contains(message), "{name}: {err}");
+            assert_only_wiped(&std::fs::read(file.path()).unwrap());
+        }
+    }
+
+    #[test]
+    fn probe_recognises_formats_by_magic_only() {
+        let cases: [(&[u8], Format); 7] = [
+            (b"\x1f\x8b\x08\0", Format::Gzip),
+            (b"\x1f\x8b\x07\0", Format::Raw),
+            (b"\x28\xb5\x2f\xfd", Format::Zstd),
+            (b"\xfd7zXZ\0", Format::Xz),
+            (b"QFI\xfb\0\0\0\x03", Format::Qcow2),
+            (b"\xeb\x63\x90", Format::Raw),
+            (b"", Format::Raw),
+        ];
+        for (head, format) in cases {
+            assert_eq!(probe_format(head), format, "{head:?}");
         }
     }
 }

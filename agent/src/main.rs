@@ -1,4 +1,5 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -6,9 +7,12 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use ferric_agent::agent::{self, AgentConfig};
-use ferric_agent::deploy::Disk;
+use ferric_agent::deploy::{DeployConfig, Disk};
+use ferric_agent::download::DownloadConfig;
 use ferric_agent::logtail::LogTail;
+use ferric_agent::partition::BootMode;
 use ferric_agent::{in_ramdisk, inventory, root_disk};
+use ferric_protocol::CA_BUNDLE_PATH;
 
 /// Ferric's in-band agent.
 #[derive(Parser)]
@@ -35,12 +39,41 @@ enum Cmd {
         root: PathBuf,
         #[arg(long, default_value = "/run/ferric")]
         state_dir: PathBuf,
+        #[command(flatten)]
+        download: DownloadArgs,
     },
     /// Print what the agent sees, without changing anything.
     Debug {
         #[command(subcommand)]
         what: DebugCmd,
     },
+}
+
+/// How images are downloaded.
+#[derive(clap::Args)]
+struct DownloadArgs {
+    /// PEM bundle of extra CAs trusted for HTTPS image servers (image-builder --ca-bundle puts one
+    /// at /etc/ferric/ca-bundle.pem, used when present).
+    #[arg(long, env = "FERRIC_CA_BUNDLE")]
+    ca_bundle: Option<PathBuf>,
+    /// Tries per URL; each resumes where the last one stopped.
+    #[arg(long, default_value_t = DownloadConfig::default().attempts)]
+    download_attempts: u32,
+    /// Seconds without a byte from the image server before the download is retried.
+    #[arg(long, default_value_t = DownloadConfig::default().read_timeout.as_secs())]
+    download_read_timeout: u64,
+}
+
+impl DownloadArgs {
+    fn config(self) -> DownloadConfig {
+        let default_bundle = Path::new(CA_BUNDLE_PATH);
+        DownloadConfig {
+            ca_bundle: self.ca_bundle.or_else(|| default_bundle.exists().then(|| default_bundle.to_owned())),
+            attempts: self.download_attempts.max(1),
+            read_timeout: Duration::from_secs(self.download_read_timeout.max(1)),
+            ..DownloadConfig::default()
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -69,7 +102,7 @@ fn main() -> anyhow::Result<()> {
         .with(log_tail.layer())
         .init();
     match cli.command {
-        Cmd::Run { api_url, boot_mac, target_disk, root, state_dir } => {
+        Cmd::Run { api_url, boot_mac, target_disk, root, state_dir, download } => {
             let boot_mac = match boot_mac {
                 Some(mac) => Some(ferric_protocol::normalize_mac(&mac).context("--boot-mac is not a MAC address")?),
                 None => None,
@@ -79,7 +112,9 @@ fn main() -> anyhow::Result<()> {
                 None if in_ramdisk() => Disk::Choose { root: root.clone() },
                 None => bail!("outside the Ferric ramdisk the agent only writes to an explicit --target-disk"),
             };
-            let config = AgentConfig { api_url, boot_mac, root, state_dir, disk, power_actions: in_ramdisk() };
+            let booted = if root.join("sys/firmware/efi").is_dir() { BootMode::Uefi } else { BootMode::Bios };
+            let deploy = DeployConfig { disk, download: download.config(), booted, configure_boot: in_ramdisk() };
+            let config = AgentConfig { api_url, boot_mac, root, state_dir, deploy, power_actions: in_ramdisk() };
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(agent::run(config, log_tail))
         }

@@ -1,10 +1,17 @@
-//! Where images are written: a small trait with file/block-device and fault-injecting
+//! Where images are written: a small trait with file/block-device, byte-range and fault-injecting
 //! implementations, so the write path is tested against real files and injected failures.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{posix_fadvise, FallocateFlags, OFlag, PosixFadviseAdvice};
+
+/// Writes at least this large start their writeback at once (see [`FileTarget::write_at`]).
+const WRITEBACK_HINT_BYTES: usize = 1 << 20;
 
 /// A fixed-size byte range the agent writes an image into.
 pub trait Target: Send {
@@ -12,25 +19,59 @@ pub trait Target: Send {
     fn size(&self) -> u64;
     /// Writes all of `buf` at `offset`.
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()>;
+    /// Fills all of `buf` from `offset` (config drive, GPT and ESP code read back what an image wrote).
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Makes `len` bytes at `offset` read back as zeros without writing data (discard/write-zeroes on
+    /// devices, holes in files). `Ok(false)` when the target cannot: the caller then writes zeros.
+    fn zero_fast(&mut self, offset: u64, len: u64) -> io::Result<bool>;
     /// Makes everything written so far durable.
     fn sync(&mut self) -> io::Result<()>;
     /// Human name for logs and errors (e.g. `/dev/vda`).
     fn describe(&self) -> String;
 }
 
+/// Checks that `len` bytes at `offset` lie inside a target of `size` bytes.
+fn check_range(offset: u64, len: u64, size: u64, what: &str) -> io::Result<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::StorageFull,
+            format!("{what} of {len} bytes at offset {offset} goes past the end ({size} bytes)"),
+        )),
+    }
+}
+
+/// Offsets, lengths and buffer addresses of direct writes are multiples of this (any logical block size).
+pub const DIRECT_IO_ALIGNMENT: usize = 4096;
+
 /// A block device or a regular file of fixed size (its current length).
 pub struct FileTarget {
     file: File,
+    /// The same file opened with O_DIRECT, if the file system allows it: aligned writes bypass the page
+    /// cache (no copy, no writeback left for the final sync).
+    direct: Option<File>,
     size: u64,
     path: PathBuf,
 }
 
 impl FileTarget {
+    /// Opens for reading and writing: later steps (config drive, boot entries) read what the image wrote.
     pub fn open(path: &Path) -> io::Result<Self> {
-        let mut file = OpenOptions::new().write(true).open(path)?;
+        let mut file = OpenOptions::new().read(true).write(true).open(path)?;
         // Seeking to the end gives the size of block devices as well as of files.
         let size = file.seek(SeekFrom::End(0))?;
-        Ok(Self { file, size, path: path.to_owned() })
+        let direct = OpenOptions::new().write(true).custom_flags(OFlag::O_DIRECT.bits()).open(path).ok();
+        Ok(Self { file, direct, size, path: path.to_owned() })
+    }
+
+    /// How many leading bytes of `buf` can be written at `offset` with O_DIRECT.
+    fn direct_len(&self, offset: u64, buf: &[u8]) -> usize {
+        let aligned = offset % DIRECT_IO_ALIGNMENT as u64 == 0 && buf.as_ptr().align_offset(DIRECT_IO_ALIGNMENT) == 0;
+        if self.direct.is_some() && aligned {
+            buf.len() / DIRECT_IO_ALIGNMENT * DIRECT_IO_ALIGNMENT
+        } else {
+            0
+        }
     }
 }
 
@@ -40,14 +81,42 @@ impl Target for FileTarget {
     }
 
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        let end = offset.checked_add(buf.len() as u64).filter(|end| *end <= self.size);
-        if end.is_none() {
-            return Err(io::Error::new(
-                io::ErrorKind::StorageFull,
-                format!("write of {} bytes at offset {offset} goes past the end ({} bytes)", buf.len(), self.size),
-            ));
+        check_range(offset, buf.len() as u64, self.size, "write")?;
+        let (direct, buffered) = buf.split_at(self.direct_len(offset, buf));
+        if let (Some(file), false) = (&self.direct, direct.is_empty()) {
+            file.write_all_at(direct, offset)?;
         }
-        self.file.write_all_at(buf, offset)
+        let offset = offset + direct.len() as u64;
+        self.file.write_all_at(buffered, offset)?;
+        if buffered.len() >= WRITEBACK_HINT_BYTES {
+            // Start writing large buffered writes back now rather than all at the final sync. Only a hint.
+            let (start, len) = (offset as i64, buffered.len() as i64);
+            let _ = posix_fadvise(self.file.as_raw_fd(), start, len, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+        }
+        Ok(())
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        check_range(offset, buf.len() as u64, self.size, "read")?;
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn zero_fast(&mut self, offset: u64, len: u64) -> io::Result<bool> {
+        check_range(offset, len, self.size, "zeroing")?;
+        if len == 0 {
+            return Ok(true);
+        }
+        let (Ok(start), Ok(length)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Ok(false);
+        };
+        // Block devices turn a punched hole into WRITE ZEROES without a fallback to writing
+        // buffers (so it is fast or refused); files deallocate the range.
+        let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        match nix::fcntl::fallocate(self.file.as_raw_fd(), flags, start, length) {
+            Ok(()) => Ok(true),
+            Err(Errno::EOPNOTSUPP | Errno::EINVAL | Errno::ENODEV | Errno::ENOTTY | Errno::ENOSYS) => Ok(false),
+            Err(errno) => Err(errno.into()),
+        }
     }
 
     fn sync(&mut self) -> io::Result<()> {
@@ -56,6 +125,61 @@ impl Target for FileTarget {
 
     fn describe(&self) -> String {
         self.path.display().to_string()
+    }
+}
+
+/// A byte range of another target (a partition), with every access checked against the range.
+pub struct Slice<'a> {
+    inner: &'a mut dyn Target,
+    start: u64,
+    len: u64,
+}
+
+impl<'a> Slice<'a> {
+    /// `len` bytes of `inner` from `start`; accesses past `inner`'s end fail in `inner`.
+    pub fn new(inner: &'a mut dyn Target, start: u64, len: u64) -> Self {
+        Self { inner, start, len }
+    }
+
+    /// Where the range starts on the inner target.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// The inner offset of `offset`, once `len` bytes there are known to fit the slice.
+    fn inner_offset(&self, offset: u64, len: u64, what: &str) -> io::Result<u64> {
+        check_range(offset, len, self.len, what)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.describe())))?;
+        self.start.checked_add(offset).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))
+    }
+}
+
+impl Target for Slice<'_> {
+    fn size(&self) -> u64 {
+        self.len
+    }
+
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        let inner_offset = self.inner_offset(offset, buf.len() as u64, "write")?;
+        self.inner.write_at(inner_offset, buf)
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let inner_offset = self.inner_offset(offset, buf.len() as u64, "read")?;
+        self.inner.read_at(inner_offset, buf)
+    }
+
+    fn zero_fast(&mut self, offset: u64, len: u64) -> io::Result<bool> {
+        let inner_offset = self.inner_offset(offset, len, "zeroing")?;
+        self.inner.zero_fast(inner_offset, len)
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.inner.sync()
+    }
+
+    fn describe(&self) -> String {
+        format!("{} bytes {}..{}", self.inner.describe(), self.start, self.start.saturating_add(self.len))
     }
 }
 
@@ -68,6 +192,8 @@ pub enum Fault {
     ShortWriteAfter(u64),
     /// `sync` fails with EIO.
     SyncEio,
+    /// `zero_fast` answers "cannot", as a device without discard or write-zeroes support.
+    NoFastZeroing,
 }
 
 /// Wraps a target and injects one fault, for tests of the failure paths.
@@ -95,7 +221,7 @@ impl<T: Target> Target for FaultyTarget<T> {
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
         let after = self.written + buf.len() as u64;
         match self.fault {
-            Fault::EioAfter(limit) if after > limit => return Err(io::Error::from_raw_os_error(libc_eio())),
+            Fault::EioAfter(limit) if after > limit => return Err(Errno::EIO.into()),
             Fault::ShortWriteAfter(limit) if after > limit => {
                 let keep = limit.saturating_sub(self.written) as usize;
                 self.inner.write_at(offset, &buf[..keep])?;
@@ -109,9 +235,20 @@ impl<T: Target> Target for FaultyTarget<T> {
         Ok(())
     }
 
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.inner.read_at(offset, buf)
+    }
+
+    fn zero_fast(&mut self, offset: u64, len: u64) -> io::Result<bool> {
+        if self.fault == Fault::NoFastZeroing {
+            return Ok(false);
+        }
+        self.inner.zero_fast(offset, len)
+    }
+
     fn sync(&mut self) -> io::Result<()> {
         if self.fault == Fault::SyncEio {
-            return Err(io::Error::from_raw_os_error(libc_eio()));
+            return Err(Errno::EIO.into());
         }
         self.inner.sync()
     }
@@ -121,13 +258,11 @@ impl<T: Target> Target for FaultyTarget<T> {
     }
 }
 
-fn libc_eio() -> i32 {
-    nix::errno::Errno::EIO as i32
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
+    use std::process::Command;
 
     fn sized_file(len: u64) -> (tempfile::NamedTempFile, FileTarget) {
         let file = tempfile::NamedTempFile::new().unwrap();
@@ -136,13 +271,124 @@ mod tests {
         (file, target)
     }
 
+    /// A file of `len` bytes of `fill`, fully allocated.
+    fn filled_file(len: usize, fill: u8) -> (tempfile::NamedTempFile, FileTarget) {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), vec![fill; len]).unwrap();
+        let target = FileTarget::open(file.path()).unwrap();
+        (file, target)
+    }
+
     #[test]
-    fn file_target_refuses_writes_past_its_end() {
+    fn file_target_refuses_writes_and_reads_past_its_end() {
         let (_f, mut t) = sized_file(4096);
         assert_eq!(t.size(), 4096);
         t.write_at(4000, &[1; 96]).unwrap();
         let err = t.write_at(4000, &[1; 97]).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+        let mut buf = [0u8; 97];
+        assert_eq!(t.read_at(4000, &mut buf).unwrap_err().kind(), io::ErrorKind::StorageFull);
+        assert_eq!(t.read_at(u64::MAX, &mut buf).unwrap_err().kind(), io::ErrorKind::StorageFull);
+    }
+
+    #[test]
+    fn file_target_reads_back_what_was_written() {
+        let (_f, mut t) = sized_file(8192);
+        t.write_at(1000, b"ferric").unwrap();
+        let mut buf = [0u8; 8];
+        t.read_at(999, &mut buf).unwrap();
+        assert_eq!(&buf, b"\0ferric\0");
+    }
+
+    #[test]
+    fn zero_fast_punches_a_hole_in_a_file() {
+        let (f, mut t) = filled_file(1 << 20, 0xee);
+        let allocated_before = f.as_file().metadata().unwrap().blocks();
+        assert!(t.zero_fast(64 << 10, 512 << 10).unwrap());
+        let data = std::fs::read(f.path()).unwrap();
+        assert!(data[..64 << 10].iter().all(|b| *b == 0xee));
+        assert!(data[64 << 10..576 << 10].iter().all(|b| *b == 0));
+        assert!(data[576 << 10..].iter().all(|b| *b == 0xee));
+        assert_eq!(data.len(), 1 << 20, "the size is kept");
+        assert!(f.as_file().metadata().unwrap().blocks() < allocated_before, "the range is deallocated");
+        assert!(t.zero_fast(0, (1 << 20) + 1).is_err(), "past the end");
+    }
+
+    /// A loop device over a file, detached on drop.
+    struct Loop {
+        device: PathBuf,
+        _backing: tempfile::NamedTempFile,
+    }
+
+    impl Loop {
+        fn new(len: usize, fill: u8) -> Loop {
+            let backing = tempfile::NamedTempFile::new_in("/var/tmp").unwrap();
+            std::fs::write(backing.path(), vec![fill; len]).unwrap();
+            let out = Command::new("losetup").args(["-f", "--show"]).arg(backing.path()).output().unwrap();
+            assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
+            let device = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+            Loop { device, _backing: backing }
+        }
+    }
+
+    impl Drop for Loop {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
+        }
+    }
+
+    #[test]
+    fn zero_fast_zeroes_a_loop_device_and_reads_work_on_it() {
+        let dev = Loop::new(4 << 20, 0xee);
+        let mut t = FileTarget::open(&dev.device).unwrap();
+        assert_eq!(t.size(), 4 << 20);
+        assert!(t.zero_fast(1 << 20, 2 << 20).unwrap(), "loop devices support write-zeroes");
+        let mut buf = vec![0u8; 4 << 20];
+        t.read_at(0, &mut buf).unwrap();
+        assert!(buf[..1 << 20].iter().all(|b| *b == 0xee));
+        assert!(buf[1 << 20..3 << 20].iter().all(|b| *b == 0));
+        assert!(buf[3 << 20..].iter().all(|b| *b == 0xee));
+        // Block devices refuse ranges that are not sector-aligned: the caller writes zeros instead.
+        assert!(!t.zero_fast(1, 4096).unwrap());
+    }
+
+    #[test]
+    fn slice_maps_offsets_and_checks_its_bounds() {
+        let (f, mut t) = sized_file(1 << 20);
+        let mut slice = Slice::new(&mut t, 4096, 8192);
+        assert_eq!(slice.size(), 8192);
+        assert!(slice.describe().ends_with(" bytes 4096..12288"), "{}", slice.describe());
+        slice.write_at(0, b"start").unwrap();
+        slice.write_at(8192 - 3, b"end").unwrap();
+        let mut buf = [0u8; 3];
+        slice.read_at(8189, &mut buf).unwrap();
+        assert_eq!(&buf, b"end");
+        let cases: [(&str, io::Result<()>); 4] = [
+            ("write past the end", slice.write_at(8190, b"xyz")),
+            ("read past the end", slice.read_at(8190, &mut buf)),
+            ("zeroing past the end", slice.zero_fast(1, 8192).map(drop)),
+            ("offset overflow", slice.write_at(u64::MAX, b"x")),
+        ];
+        for (name, result) in cases {
+            let err = result.expect_err(name);
+            assert_eq!(err.kind(), io::ErrorKind::StorageFull, "{name}");
+            assert!(err.to_string().contains("bytes 4096..12288"), "{name}: {err}");
+        }
+        let data = std::fs::read(f.path()).unwrap();
+        assert_eq!(&data[4096..4101], b"start");
+        assert_eq!(&data[12285..12288], b"end");
+        assert!(data[..4096].iter().chain(&data[12288..]).all(|b| *b == 0));
+    }
+
+    #[test]
+    fn slice_zero_fast_stays_inside_its_range() {
+        let (f, mut t) = filled_file(64 << 10, 0xee);
+        let mut slice = Slice::new(&mut t, 16 << 10, 16 << 10);
+        assert!(slice.zero_fast(0, 16 << 10).unwrap());
+        let data = std::fs::read(f.path()).unwrap();
+        assert!(data[..16 << 10].iter().all(|b| *b == 0xee));
+        assert!(data[16 << 10..32 << 10].iter().all(|b| *b == 0));
+        assert!(data[32 << 10..].iter().all(|b| *b == 0xee));
     }
 
     #[test]
@@ -151,7 +397,7 @@ mod tests {
         let mut t = FaultyTarget::new(t, Fault::EioAfter(4096));
         t.write_at(0, &[1; 4096]).unwrap();
         let err = t.write_at(4096, &[1; 1]).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(nix::errno::Errno::EIO as i32));
+        assert_eq!(err.raw_os_error(), Some(Errno::EIO as i32));
     }
 
     #[test]
@@ -162,5 +408,19 @@ mod tests {
         let data = std::fs::read(f.path()).unwrap();
         assert!(data[..100].iter().all(|b| *b == 7));
         assert!(data[100..200].iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn faulty_target_forwards_reads_and_zeroing_unless_told_not_to() {
+        let (f, t) = filled_file(8192, 0xee);
+        let mut t = FaultyTarget::new(t, Fault::SyncEio);
+        let mut buf = [0u8; 2];
+        t.read_at(0, &mut buf).unwrap();
+        assert_eq!(buf, [0xee, 0xee]);
+        assert!(t.zero_fast(0, 4096).unwrap());
+        assert!(std::fs::read(f.path()).unwrap()[..4096].iter().all(|b| *b == 0));
+        let mut t = FaultyTarget::new(t.into_inner(), Fault::NoFastZeroing);
+        assert!(!t.zero_fast(4096, 4096).unwrap());
+        assert!(std::fs::read(f.path()).unwrap()[4096..].iter().all(|b| *b == 0xee));
     }
 }

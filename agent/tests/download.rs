@@ -4,7 +4,9 @@ use std::io::Write;
 use std::sync::Arc;
 
 use axum::routing::get;
-use ferric_agent::deploy::{write_image_task, Disk};
+use ferric_agent::deploy::{write_image_task, DeployConfig, Disk};
+use ferric_agent::download::DownloadConfig;
+use ferric_agent::partition::BootMode;
 use ferric_agent::progress::ProgressTracker;
 use ferric_protocol::ImageInfo;
 use sha2::{Digest, Sha512};
@@ -40,6 +42,16 @@ fn disk() -> tempfile::NamedTempFile {
     file
 }
 
+/// Writes to `path`, touching nothing of the machine running the test.
+fn fixed(path: &std::path::Path) -> DeployConfig {
+    DeployConfig {
+        disk: Disk::Fixed(path.into()),
+        download: DownloadConfig::default(),
+        booted: BootMode::Bios,
+        configure_boot: false,
+    }
+}
+
 fn info(url: String, checksum: String) -> ImageInfo {
     ImageInfo { id: "img".into(), urls: vec![url], checksum: Some(checksum), ..Default::default() }
 }
@@ -54,14 +66,10 @@ async fn streams_raw_and_gzip_images_from_http() {
         let file = disk();
         let progress = Arc::new(ProgressTracker::default());
         let checksum = hex::encode(Sha512::digest(served));
-        let result = write_image_task(
-            &http,
-            &info(format!("{base}/{path}"), checksum),
-            &Disk::Fixed(file.path().into()),
-            progress.clone(),
-        )
-        .await
-        .unwrap();
+        let result =
+            write_image_task(&http, &info(format!("{base}/{path}"), checksum), &fixed(file.path()), progress.clone())
+                .await
+                .unwrap();
         assert_eq!(result["image_bytes"], data.len() as u64, "{path}");
         assert_eq!(result["source_bytes"], served.len() as u64, "{path}");
         assert_eq!(progress.snapshot().bytes_total, Some(served.len() as u64), "{path}");
@@ -80,17 +88,17 @@ async fn http_errors_and_mismatches_name_the_url_and_write_nothing_bootable() {
     let err = write_image_task(
         &http,
         &info(missing.clone(), "0".repeat(64)),
-        &Disk::Fixed(file.path().into()),
+        &fixed(file.path()),
         Arc::new(ProgressTracker::default()),
     )
     .await
     .unwrap_err();
-    assert_eq!(err.to_string(), format!("downloading {missing} failed: HTTP 404"));
+    assert_eq!(err.to_string(), format!("downloading {missing} failed: HTTP 404 (0 bytes received, 1 attempt(s))"));
 
     let err = write_image_task(
         &http,
         &info(format!("{base}/raw"), "0".repeat(64)),
-        &Disk::Fixed(file.path().into()),
+        &fixed(file.path()),
         Arc::new(ProgressTracker::default()),
     )
     .await

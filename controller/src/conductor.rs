@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ferric_protocol::{
-    CleanStep, Command, CommandStatus, Heartbeat, HeartbeatResponse, ImageInfo, Inventory, LookupConfig, LookupNode,
-    LookupResponse, Task, MASKED_TOKEN,
+    CleanStep, Command, CommandResult, CommandStatus, Heartbeat, HeartbeatResponse, ImageInfo, Inventory, LookupConfig,
+    LookupNode, LookupResponse, Task, WriteImageResult, MASKED_TOKEN,
 };
 use serde_json::{json, Value};
 use tokio::time::MissedTickBehavior;
@@ -38,6 +38,11 @@ pub const AGENT_LOG_TAIL: &str = "agent_log_tail";
 pub const AGENT_COMMAND: &str = "agent_command";
 /// The task assigned to the agent and not yet reported finished.
 pub const AGENT_TASK: &str = "agent_task";
+/// `driver_internal_info` keys written when the image is on the disk (Ironic's names).
+pub const ROOT_UUID_OR_DISK_ID: &str = "root_uuid_or_disk_id";
+pub const EFI_SYSTEM_PARTITION_UUID: &str = "efi_system_partition_uuid";
+pub const PARTITION_UUIDS: &str = "partition_uuids";
+pub const IS_WHOLE_DISK_IMAGE: &str = "is_whole_disk_image";
 /// `driver_internal_info` keys of a manual cleaning: the requested steps and the one running (Ironic's names).
 pub const CLEAN_STEPS: &str = "clean_steps";
 pub const CLEAN_STEP_INDEX: &str = "clean_step_index";
@@ -741,7 +746,12 @@ impl Change<'_, '_> {
     /// makes it boot from its disk for good, then the node is `active`. The agent's work is over;
     /// the power cycle ends it. If the node is locked by an action, nothing changes: the agent
     /// reports its success again with its next heartbeat.
-    fn boot_instance(&self, node: &mut Node, bmc: Result<Bmc, BmcError>) -> Result<Dispatch, Error> {
+    fn boot_instance(
+        &self,
+        node: &mut Node,
+        bmc: Result<Bmc, BmcError>,
+        written: &WrittenImage,
+    ) -> Result<Dispatch, Error> {
         let bmc = match bmc {
             Ok(bmc) => bmc,
             Err(error) => {
@@ -756,7 +766,8 @@ impl Change<'_, '_> {
             Err(other) => return Err(other),
         };
         node.reservation = Some(lock.owner.clone());
-        self.apply(node, Event::Resume, "Deploy step deploy.write_image succeeded")?;
+        written.store(node);
+        self.apply(node, Event::Resume, &written.event())?;
         end_agent_work(node);
         node.last_error = None;
         let on_success = [(Event::Done, "Deployment finished: the node boots the instance from its disk")];
@@ -767,10 +778,14 @@ impl Change<'_, '_> {
     /// The deploy's next task for a heartbeat in `wait call-back`.
     fn dispatch_deploy(&self, node: &mut Node, heartbeat: &Heartbeat) -> Result<Dispatch, Error> {
         let Some(task) = assigned_task(node) else {
-            let task = Task {
-                id: uuid::Uuid::new_v4().to_string(),
-                command: Command::WriteImage { image_info: image_info(node) },
+            let image_info = match image_info(node) {
+                Ok(image_info) => image_info,
+                Err(reason) => {
+                    self.fail_deploy(node, &format!("Cannot deploy: {reason}"))?;
+                    return Ok(Dispatch::node_changed(None));
+                }
             };
+            let task = Task { id: uuid::Uuid::new_v4().to_string(), command: Command::WriteImage { image_info: Box::new(image_info) } };
             node.deploy_step = json_object(json!({
                 "interface": "deploy", "step": "write_image", "args": {}, "priority": 80
             }));
@@ -790,18 +805,22 @@ impl Change<'_, '_> {
                 self.fail_deploy(node, &format!("Deploy step deploy.write_image failed: {error}"))?;
                 Ok(Dispatch::node_changed(None))
             }
-            CommandStatus::Succeeded => match Bmc::for_node(node, &self.conductor.config.bmc) {
-                Ok(None) => self.finish_deploy_by_agent(node),
-                Ok(Some(bmc)) => self.boot_instance(node, Ok(bmc)),
-                Err(error) => self.boot_instance(node, Err(error)),
-            },
+            CommandStatus::Succeeded => {
+                let written = WrittenImage::from_report(&task, report);
+                match Bmc::for_node(node, &self.conductor.config.bmc) {
+                    Ok(None) => self.finish_deploy_by_agent(node, &written),
+                    Ok(Some(bmc)) => self.boot_instance(node, Ok(bmc), &written),
+                    Err(error) => self.boot_instance(node, Err(error), &written),
+                }
+            }
         }
     }
 
     /// Ends a deploy whose image is written on a node without a BMC: the agent reboots it.
-    fn finish_deploy_by_agent(&self, node: &mut Node) -> Result<Dispatch, Error> {
+    fn finish_deploy_by_agent(&self, node: &mut Node, written: &WrittenImage) -> Result<Dispatch, Error> {
         node.driver_internal_info.remove(AGENT_TASK);
-        self.apply(node, Event::Resume, "Deploy step deploy.write_image succeeded")?;
+        written.store(node);
+        self.apply(node, Event::Resume, &written.event())?;
         node.deploy_step = JsonObject::new();
         node.last_error = None;
         self.apply(node, Event::Done, "Deployment finished: rebooting into the instance")?;
@@ -841,7 +860,9 @@ pub fn validate_deploy_image(node: &Node) -> Result<(), Error> {
         (false, false) => {}
     }
     if missing.is_empty() {
-        return Ok(());
+        return image_info(node).map(|_| ()).map_err(|reason| {
+            Error::Invalid(format!("Cannot validate image information for node {}: {reason}", node.uuid))
+        });
     }
     let listed: Vec<String> = missing.iter().map(|name| format!("'{name}'")).collect();
     Err(Error::Invalid(format!(
@@ -971,11 +992,27 @@ fn set_properties_from_inventory(node: &mut Node, inventory: &Inventory) {
     properties.insert("cpu_arch".to_owned(), Value::from(inventory.cpu.architecture.clone()));
 }
 
-/// IPA's `image_info` from the node's `instance_info` and root device hints.
-fn image_info(node: &Node) -> ImageInfo {
-    let text = |key: &str| node.instance_info.get(key).and_then(Value::as_str).map(str::to_owned);
+/// IPA's `image_info` from the node's `instance_info`, `properties` and root device hints, or what
+/// is wrong with them (naming the field). Sizes may be JSON numbers or numeric strings, as Ironic
+/// accepts both; gigabytes become mebibytes.
+fn image_info(node: &Node) -> Result<ImageInfo, String> {
+    let info = &node.instance_info;
+    let text = |key: &str| info.get(key).and_then(Value::as_str).map(str::to_owned);
+    let set = |key: &str| info.get(key).is_some_and(|value| !value.is_null() && value != "");
     let source = text("image_source").unwrap_or_default();
-    ImageInfo {
+    let image_type = match text("image_type") {
+        Some(kind) => Some(one_of(kind, &["partition", "whole-disk"], "instance_info.image_type")?),
+        // A URL image is a partition image when it comes with its kernel and ramdisk (Ironic's rule).
+        None => (set("kernel") && set("ramdisk")).then(|| "partition".to_owned()),
+    };
+    // A root size of 0 (Nova's `disk=0` flavours) means the rest of the disk, as an absent one.
+    let root_mb = gigabytes_or_megabytes(info, "root_gb", "root_mb")?.filter(|size| *size > 0);
+    let ephemeral_mb = gigabytes_or_megabytes(info, "ephemeral_gb", "ephemeral_mb")?;
+    let ephemeral_format = match text("ephemeral_format") {
+        None if ephemeral_mb.is_some_and(|size| size > 0) => Some(DEFAULT_EPHEMERAL_FORMAT.to_owned()),
+        format => format,
+    };
+    Ok(ImageInfo {
         id: source.clone(),
         urls: vec![source],
         checksum: text("image_checksum"),
@@ -983,7 +1020,181 @@ fn image_info(node: &Node) -> ImageInfo {
         os_hash_value: text("image_os_hash_value"),
         disk_format: text("image_disk_format"),
         root_device: node.properties.get("root_device").cloned(),
-        ..ImageInfo::default()
+        image_type,
+        root_mb,
+        swap_mb: size_field(info, "swap_mb")?,
+        ephemeral_mb,
+        ephemeral_format,
+        deploy_boot_mode: explicit_or_capability(node, "deploy_boot_mode", "boot_mode", &["uefi", "bios"])?,
+        disk_label: explicit_or_capability(node, "disk_label", "disk_label", &["gpt", "msdos"])?,
+        configdrive: configdrive(node),
+        enable_bios_bootloader_install: bool_field(info, "enable_bios_bootloader_install")?.unwrap_or(false),
+    })
+}
+
+/// `instance_info.<explicit_key>`, else `<capability_key>` in `instance_info.capabilities`, else in
+/// `properties.capabilities` (as Ironic's `get_boot_mode_for_deploy`), lower-cased and checked.
+fn explicit_or_capability(
+    node: &Node,
+    explicit_key: &str,
+    capability_key: &str,
+    allowed: &[&str],
+) -> Result<Option<String>, String> {
+    let explicit = || {
+        let value = node.instance_info.get(explicit_key)?.as_str()?;
+        Some((format!("instance_info.{explicit_key}"), value.to_owned()))
+    };
+    let in_capabilities = |field: &str, capabilities: Option<&Value>| {
+        Some((format!("{field} {capability_key}"), capability(capabilities, capability_key)?))
+    };
+    let found = explicit()
+        .or_else(|| in_capabilities("instance_info.capabilities", node.instance_info.get("capabilities")))
+        .or_else(|| in_capabilities("properties.capabilities", node.properties.get("capabilities")));
+    found.map(|(field, value)| one_of(value.to_ascii_lowercase(), allowed, &field)).transpose()
+}
+
+/// Ironic's `[pxe]default_ephemeral_format`.
+const DEFAULT_EPHEMERAL_FORMAT: &str = "ext4";
+
+fn one_of(value: String, allowed: &[&str], field: &str) -> Result<String, String> {
+    if allowed.contains(&value.as_str()) {
+        return Ok(value);
+    }
+    Err(format!("{field} must be one of {}, not {value:?}", allowed.join(", ")))
+}
+
+/// A non-negative integer field: a JSON number or a string of digits.
+fn size_field(info: &JsonObject, key: &str) -> Result<Option<u64>, String> {
+    let value = match info.get(key) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(value) => value,
+    };
+    let parsed = match value {
+        Value::Number(number) => number.as_u64(),
+        Value::String(text) => text.trim().parse().ok(),
+        _ => None,
+    };
+    parsed.map(Some).ok_or_else(|| format!("instance_info.{key} must be a non-negative integer, not {value}"))
+}
+
+/// `<gigabytes_key>` × 1024 if given, else `<megabytes_key>`.
+fn gigabytes_or_megabytes(info: &JsonObject, gigabytes_key: &str, megabytes_key: &str) -> Result<Option<u64>, String> {
+    match size_field(info, gigabytes_key)? {
+        Some(gigabytes) => gigabytes
+            .checked_mul(1024)
+            .map(Some)
+            .ok_or_else(|| format!("instance_info.{gigabytes_key} is too large: {gigabytes}")),
+        None => size_field(info, megabytes_key),
+    }
+}
+
+/// A boolean field: JSON `true`/`false` or the strings oslo's `bool_from_string` accepts.
+fn bool_field(info: &JsonObject, key: &str) -> Result<Option<bool>, String> {
+    match info.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(flag)) => Ok(Some(*flag)),
+        Some(Value::String(text)) => match text.trim().to_ascii_lowercase().as_str() {
+            "1" | "t" | "true" | "on" | "y" | "yes" => Ok(Some(true)),
+            "0" | "f" | "false" | "off" | "n" | "no" => Ok(Some(false)),
+            _ => Err(format!("instance_info.{key} must be a boolean, not {text:?}")),
+        },
+        Some(other) => Err(format!("instance_info.{key} must be a boolean, not {other}")),
+    }
+}
+
+/// `key` in capabilities: an object, a JSON object in a string (`instance_info.capabilities`), or
+/// Ironic's `"k:v,k:v"` string (`properties.capabilities`).
+fn capability(capabilities: Option<&Value>, key: &str) -> Option<String> {
+    let from_object =
+        |object: &JsonObject| object.get(key).and_then(Value::as_str).map(|value| value.trim().to_owned());
+    match capabilities? {
+        Value::Object(object) => from_object(object),
+        Value::String(text) => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(object)) => from_object(&object),
+            _ => text.split(',').find_map(|entry| {
+                let (name, value) = entry.split_once(':')?;
+                (name.trim() == key).then(|| value.trim().to_owned())
+            }),
+        },
+        _ => None,
+    }
+}
+
+/// The config drive for the agent: a string as given; a dict with Ironic's defaults,
+/// `meta_data.uuid` the node's UUID and `meta_data.name` its name.
+fn configdrive(node: &Node) -> Option<Value> {
+    let mut drive = node.instance_info.get("configdrive").filter(|drive| !drive.is_null())?.clone();
+    if let Value::Object(fields) = &mut drive {
+        let meta_data = fields.entry("meta_data").or_insert_with(|| json!({}));
+        if let Value::Object(meta_data) = meta_data {
+            meta_data.entry("uuid").or_insert_with(|| Value::String(node.uuid.clone()));
+            if let Some(name) = &node.name {
+                meta_data.entry("name").or_insert_with(|| Value::String(name.clone()));
+            }
+        }
+    }
+    Some(drive)
+}
+
+/// A successful `write_image` as the agent reported it.
+struct WrittenImage {
+    whole_disk: bool,
+    /// `None` when the agent sent no result (or one this controller cannot read).
+    result: Option<WriteImageResult>,
+}
+
+impl WrittenImage {
+    fn from_report(task: &Task, report: &CommandResult) -> WrittenImage {
+        let whole_disk = match &task.command {
+            Command::WriteImage { image_info } => image_info.image_type.as_deref() != Some("partition"),
+            _ => true,
+        };
+        let result = report.command_result.as_ref().and_then(|value| {
+            serde_json::from_value(value.clone())
+                .inspect_err(
+                    |error| tracing::warn!(%error, "unreadable write_image result; partition UUIDs not stored"),
+                )
+                .ok()
+        });
+        WrittenImage { whole_disk, result }
+    }
+
+    /// Replaces what a previous deploy stored with this one's partition UUIDs.
+    fn store(&self, node: &mut Node) {
+        let info = &mut node.driver_internal_info;
+        for key in [ROOT_UUID_OR_DISK_ID, EFI_SYSTEM_PARTITION_UUID, PARTITION_UUIDS] {
+            info.remove(key);
+        }
+        info.insert(IS_WHOLE_DISK_IMAGE.to_owned(), Value::Bool(self.whole_disk));
+        let Some(result) = &self.result else { return };
+        let uuids = &result.partition_uuids;
+        if let Some(root) = uuids.get("root uuid") {
+            info.insert(ROOT_UUID_OR_DISK_ID.to_owned(), Value::String(root.clone()));
+        }
+        if let Some(esp) = uuids.get("efi system partition uuid") {
+            info.insert(EFI_SYSTEM_PARTITION_UUID.to_owned(), Value::String(esp.clone()));
+        }
+        info.insert(PARTITION_UUIDS.to_owned(), to_json(uuids));
+    }
+
+    /// The history text: what was written, how fast, and the boot entry made.
+    fn event(&self) -> String {
+        let mut event = "Deploy step deploy.write_image succeeded".to_owned();
+        if let Some(result) = &self.result {
+            event.push_str(&format!(
+                ": {} image, {} bytes written to {} ({} bytes downloaded) in {:.1} s at {:.1} MiB/s",
+                result.format,
+                result.image_bytes,
+                result.root_device,
+                result.source_bytes,
+                result.seconds,
+                result.mib_per_second
+            ));
+            if let Some(entry) = &result.boot_entry {
+                event.push_str(&format!("; boot entry {entry}"));
+            }
+        }
+        event
     }
 }
 
@@ -1402,5 +1613,289 @@ mod tests {
             command_error: None,
             command_result: None,
         }
+    }
+
+    fn info_of(instance_info: Value) -> Result<ImageInfo, String> {
+        let mut node = available_node();
+        node.instance_info.extend(json_object(instance_info));
+        image_info(&node)
+    }
+
+    #[test]
+    fn image_type_is_explicit_or_partition_when_kernel_and_ramdisk_come_along() {
+        let cases = [
+            ("nothing said", json!({}), None),
+            ("kernel and ramdisk", json!({"kernel": "http://k", "ramdisk": "http://r"}), Some("partition")),
+            ("kernel only", json!({"kernel": "http://k"}), None),
+            ("explicit wins", json!({"kernel": "k", "ramdisk": "r", "image_type": "whole-disk"}), Some("whole-disk")),
+            ("explicit partition", json!({"image_type": "partition"}), Some("partition")),
+        ];
+        for (name, instance_info, expected) in cases {
+            assert_eq!(info_of(instance_info).unwrap().image_type.as_deref(), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn sizes_accept_numbers_and_numeric_strings_and_gigabytes_become_mebibytes() {
+        let cases = [
+            (
+                "numbers",
+                json!({"root_gb": 10, "swap_mb": 512, "ephemeral_gb": 2}),
+                (Some(10240), Some(512), Some(2048)),
+            ),
+            (
+                "strings",
+                json!({"root_gb": "10", "swap_mb": " 512", "ephemeral_mb": "300"}),
+                (Some(10240), Some(512), Some(300)),
+            ),
+            ("megabytes", json!({"root_mb": 700, "ephemeral_mb": 0}), (Some(700), None, Some(0))),
+            (
+                "gigabytes win",
+                json!({"root_gb": 1, "root_mb": 5, "ephemeral_gb": 1, "ephemeral_mb": 5}),
+                (Some(1024), None, Some(1024)),
+            ),
+            ("zero root is the rest of the disk", json!({"root_gb": 0}), (None, None, None)),
+            ("absent", json!({"root_gb": null}), (None, None, None)),
+        ];
+        for (name, instance_info, expected) in cases {
+            let info = info_of(instance_info).unwrap();
+            assert_eq!((info.root_mb, info.swap_mb, info.ephemeral_mb), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn ephemeral_format_defaults_to_ext4_only_with_an_ephemeral_partition() {
+        assert_eq!(info_of(json!({"ephemeral_gb": 1})).unwrap().ephemeral_format.as_deref(), Some("ext4"));
+        let given = info_of(json!({"ephemeral_mb": 64, "ephemeral_format": "vfat"})).unwrap();
+        assert_eq!(given.ephemeral_format.as_deref(), Some("vfat"));
+        assert_eq!(info_of(json!({"ephemeral_mb": 0})).unwrap().ephemeral_format, None);
+    }
+
+    #[test]
+    fn boot_mode_and_disk_label_come_from_instance_info_then_capabilities() {
+        let node_with = |instance_info: Value, properties: Value| {
+            let mut node = available_node();
+            node.instance_info.extend(json_object(instance_info));
+            node.properties = json_object(properties);
+            image_info(&node).unwrap()
+        };
+        let cases = [
+            ("explicit", json!({"deploy_boot_mode": "BIOS"}), json!({"capabilities": "boot_mode:uefi"}), Some("bios")),
+            (
+                "instance capabilities dict",
+                json!({"capabilities": {"boot_mode": "uefi"}}),
+                json!({"capabilities": "boot_mode:bios"}),
+                Some("uefi"),
+            ),
+            (
+                "instance capabilities JSON string",
+                json!({"capabilities": "{\"boot_mode\": \"bios\"}"}),
+                json!({}),
+                Some("bios"),
+            ),
+            (
+                "node capabilities string",
+                json!({}),
+                json!({"capabilities": "secure_boot:false, boot_mode:bios"}),
+                Some("bios"),
+            ),
+            ("node capabilities dict", json!({}), json!({"capabilities": {"boot_mode": "uefi"}}), Some("uefi")),
+            ("nothing", json!({}), json!({"capabilities": "secure_boot:false"}), None),
+        ];
+        for (name, instance_info, properties, expected) in cases {
+            assert_eq!(node_with(instance_info, properties).deploy_boot_mode.as_deref(), expected, "{name}");
+        }
+        let label =
+            node_with(json!({"capabilities": {"disk_label": "gpt"}}), json!({"capabilities": "disk_label:msdos"}));
+        assert_eq!(label.disk_label.as_deref(), Some("gpt"));
+        let label = node_with(json!({"disk_label": "msdos"}), json!({}));
+        assert_eq!(label.disk_label.as_deref(), Some("msdos"));
+    }
+
+    #[test]
+    fn bios_bootloader_install_accepts_booleans_and_their_strings() {
+        let cases = [
+            (json!(true), true),
+            (json!("true"), true),
+            (json!("Yes"), true),
+            (json!("0"), false),
+            (json!(false), false),
+        ];
+        for (value, expected) in cases {
+            let info = info_of(json!({"enable_bios_bootloader_install": value.clone()})).unwrap();
+            assert_eq!(info.enable_bios_bootloader_install, expected, "{value}");
+        }
+        assert!(!info_of(json!({})).unwrap().enable_bios_bootloader_install);
+    }
+
+    #[test]
+    fn a_configdrive_dict_gets_the_nodes_uuid_and_name_as_metadata_defaults() {
+        let mut node = available_node();
+        node.name = Some("node-1".into());
+        node.instance_info.insert("configdrive".into(), json!({"user_data": "#cloud-config"}));
+        let drive = image_info(&node).unwrap().configdrive.unwrap();
+        assert_eq!(drive, json!({"user_data": "#cloud-config", "meta_data": {"uuid": UUID, "name": "node-1"}}));
+        node.instance_info.insert("configdrive".into(), json!({"meta_data": {"uuid": "mine", "hostname": "h"}}));
+        let drive = image_info(&node).unwrap().configdrive.unwrap();
+        assert_eq!(drive, json!({"meta_data": {"uuid": "mine", "name": "node-1", "hostname": "h"}}));
+        node.name = None;
+        node.instance_info.insert("configdrive".into(), json!({}));
+        assert_eq!(image_info(&node).unwrap().configdrive.unwrap(), json!({"meta_data": {"uuid": UUID}}));
+        node.instance_info.insert("configdrive".into(), json!("H4sIAAAA"));
+        assert_eq!(image_info(&node).unwrap().configdrive, Some(json!("H4sIAAAA")));
+        node.instance_info.remove("configdrive");
+        assert_eq!(image_info(&node).unwrap().configdrive, None);
+    }
+
+    #[tokio::test]
+    async fn malformed_deploy_fields_are_refused_before_any_state_change() {
+        let cases = [
+            (json!({"root_gb": "ten"}), "instance_info.root_gb must be a non-negative integer"),
+            (json!({"swap_mb": -1}), "instance_info.swap_mb must be a non-negative integer"),
+            (json!({"ephemeral_gb": 1.5}), "instance_info.ephemeral_gb must be a non-negative integer"),
+            (json!({"ephemeral_mb": [1]}), "instance_info.ephemeral_mb must be a non-negative integer"),
+            (json!({"image_type": "iso"}), "instance_info.image_type must be one of partition, whole-disk"),
+            (json!({"deploy_boot_mode": "efi"}), "instance_info.deploy_boot_mode must be one of uefi, bios"),
+            (json!({"capabilities": "boot_mode:legacy"}), "instance_info.capabilities boot_mode must be one of"),
+            (json!({"disk_label": "dos"}), "instance_info.disk_label must be one of gpt, msdos"),
+            (
+                json!({"enable_bios_bootloader_install": "maybe"}),
+                "instance_info.enable_bios_bootloader_install must be a boolean",
+            ),
+        ];
+        for (fields, expected) in cases {
+            let mut node = available_node();
+            node.instance_info.extend(json_object(fields.clone()));
+            let (refused, unchanged) = with_node(node, |tx, node| {
+                let refused = conductor(Duration::from_secs(60)).provision(tx, node, Verb::Active, Utc::now());
+                Ok((refused.unwrap_err(), tx.node_by_uuid(UUID)?.unwrap()))
+            })
+            .await
+            .unwrap();
+            assert!(refused.status().is_client_error(), "{fields}: {refused}");
+            assert!(refused.to_string().contains(expected), "{fields}: {refused}");
+            assert_eq!(unchanged.provision_state, ProvisionState::Available, "{fields}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_write_image_task_carries_the_new_fields() {
+        let mut node = available_node();
+        node.instance_info.extend(json_object(json!({
+            "kernel": "http://k", "ramdisk": "http://r", "root_gb": "4", "swap_mb": 256,
+            "configdrive": {"user_data": "x"}, "deploy_boot_mode": "uefi"
+        })));
+        let task =
+            with_node(node, |tx, node| Ok(deploy_and_get_task(tx, &conductor(Duration::from_secs(60)), node)?.1))
+                .await
+                .unwrap();
+        let Command::WriteImage { image_info } = task.command else { panic!("not write_image: {task:?}") };
+        assert_eq!(image_info.image_type.as_deref(), Some("partition"));
+        assert_eq!((image_info.root_mb, image_info.swap_mb), (Some(4096), Some(256)));
+        assert_eq!(image_info.deploy_boot_mode.as_deref(), Some("uefi"));
+        assert_eq!(image_info.configdrive.unwrap()["meta_data"]["uuid"], UUID);
+    }
+
+    fn write_result() -> WriteImageResult {
+        WriteImageResult {
+            root_device: "/dev/vda".into(),
+            format: "qcow2".into(),
+            image_bytes: 1 << 30,
+            source_bytes: 300 << 20,
+            seconds: 12.5,
+            mib_per_second: 81.92,
+            partition_uuids: [
+                ("root uuid".to_owned(), "1b2c3d4e-0000-4000-8000-000000000001".to_owned()),
+                ("efi system partition uuid".to_owned(), "1b2c3d4e-0000-4000-8000-000000000002".to_owned()),
+                ("configdrive partition uuid".to_owned(), "1b2c3d4e-0000-4000-8000-000000000003".to_owned()),
+            ]
+            .into(),
+            boot_entry: Some("Boot0003 \"ferric\" \\EFI\\debian\\shimx64.efi".into()),
+        }
+    }
+
+    /// Deploys `node`, reports `write_image` succeeded with `result`, and returns the node and its history.
+    async fn deployed_with(node: Node, result: Option<Value>) -> (Node, Vec<HistoryEvent>) {
+        with_node(node, move |tx, node| {
+            let conductor = conductor(Duration::from_secs(60));
+            let (token, task) = deploy_and_get_task(tx, &conductor, node)?;
+            let done = CommandResult { command_result: result, ..report(&task, CommandStatus::Succeeded) };
+            let node = tx.node_by_uuid(UUID)?.unwrap();
+            conductor.heartbeat(tx, node, heartbeat(&token, Some(done)), Utc::now())?;
+            Ok((tx.node_by_uuid(UUID)?.unwrap(), tx.history(UUID)?))
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_successful_write_stores_the_partition_uuids_and_reports_the_figures() {
+        let (node, history) = deployed_with(available_node(), Some(to_json(&write_result()))).await;
+        assert_eq!(node.provision_state, ProvisionState::Active);
+        let info = &node.driver_internal_info;
+        assert_eq!(info[ROOT_UUID_OR_DISK_ID], "1b2c3d4e-0000-4000-8000-000000000001");
+        assert_eq!(info[EFI_SYSTEM_PARTITION_UUID], "1b2c3d4e-0000-4000-8000-000000000002");
+        assert_eq!(info[PARTITION_UUIDS], to_json(&write_result().partition_uuids));
+        assert_eq!(info[IS_WHOLE_DISK_IMAGE], true);
+        let event =
+            history.iter().map(|event| event.event.as_str()).find(|event| event.contains("write_image succeeded"));
+        let event = event.expect("a success event");
+        for expected in [
+            "qcow2 image",
+            "1073741824 bytes written to /dev/vda",
+            "314572800 bytes downloaded",
+            "12.5 s",
+            "81.9 MiB/s",
+            "boot entry Boot0003 \"ferric\"",
+        ] {
+            assert!(event.contains(expected), "{expected:?} missing from {event:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_success_without_a_readable_result_still_finishes_the_deploy() {
+        let mut partition_node = available_node();
+        partition_node.instance_info.insert("image_type".into(), json!("partition"));
+        partition_node.driver_internal_info.insert(ROOT_UUID_OR_DISK_ID.into(), json!("from a previous deploy"));
+        let cases = [
+            ("absent", available_node(), None, true),
+            ("unreadable", partition_node, Some(json!({"format": 5})), false),
+        ];
+        for (name, node, result, whole_disk) in cases {
+            let (node, history) = deployed_with(node, result).await;
+            assert_eq!(node.provision_state, ProvisionState::Active, "{name}");
+            let info = &node.driver_internal_info;
+            assert_eq!(info[IS_WHOLE_DISK_IMAGE], whole_disk, "{name}");
+            for key in [ROOT_UUID_OR_DISK_ID, EFI_SYSTEM_PARTITION_UUID, PARTITION_UUIDS] {
+                assert!(!info.contains_key(key), "{name}: {key} = {:?}", info.get(key));
+            }
+            assert!(history.iter().any(|event| event.event == "Deploy step deploy.write_image succeeded"), "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bmc_node_stores_the_result_when_it_takes_over_the_boot() {
+        let node = with_node(ipmi_node(), |tx, node| {
+            let conductor = conductor(Duration::from_secs(60));
+            let boot = conductor.provision(tx, node, Verb::Active, Utc::now())?.job.unwrap();
+            let boot_lock = take_lock(tx)?;
+            conductor.finish_job(tx, UUID, &boot_lock, &boot, outcome(None), Utc::now())?;
+            tx.release_node(UUID, &boot_lock.owner, &boot_lock.expires_at)?;
+            let node = tx.node_by_uuid(UUID)?.unwrap();
+            let token = conductor.lookup(tx, node, Utc::now())?.config.agent_token;
+            let node = tx.node_by_uuid(UUID)?.unwrap();
+            let task = conductor.heartbeat(tx, node, heartbeat(&token, None), Utc::now())?.response.task.unwrap();
+            let done = CommandResult {
+                command_result: Some(to_json(&write_result())),
+                ..report(&task, CommandStatus::Succeeded)
+            };
+            let node = tx.node_by_uuid(UUID)?.unwrap();
+            assert!(conductor.heartbeat(tx, node, heartbeat(&token, Some(done)), Utc::now())?.job.is_some());
+            Ok(tx.node_by_uuid(UUID)?.unwrap())
+        })
+        .await
+        .unwrap();
+        assert_eq!(node.driver_internal_info[ROOT_UUID_OR_DISK_ID], "1b2c3d4e-0000-4000-8000-000000000001");
+        assert_eq!(node.driver_internal_info[IS_WHOLE_DISK_IMAGE], true);
     }
 }

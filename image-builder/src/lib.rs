@@ -30,6 +30,9 @@ pub use modules::REQUIRED_MODULES;
 pub const INIT_PATH: &str = "init";
 /// The build description inside the initramfs.
 pub const BUILD_DESCRIPTION_PATH: &str = "etc/ferric/build.json";
+/// Where `--ca-bundle` lands ([`ferric_protocol::CA_BUNDLE_PATH`] inside the image tree): the agent
+/// trusts these CAs for HTTPS image downloads.
+pub const CA_BUNDLE_PATH: &str = "etc/ferric/ca-bundle.pem";
 
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -45,6 +48,8 @@ pub struct BuildOptions {
     pub firmware_dir: PathBuf,
     /// mtime of every initramfs entry.
     pub source_date_epoch: u64,
+    /// PEM CA certificates installed at [`CA_BUNDLE_PATH`] (an image server with an in-house CA).
+    pub ca_bundle: Option<PathBuf>,
 }
 
 /// Uncompressed bytes of initramfs file content, by kind.
@@ -56,7 +61,7 @@ pub struct CategorySizes {
     /// `/init` and the agent.
     pub binaries: u64,
     pub libraries: u64,
-    /// build.json.
+    /// build.json and the CA bundle.
     pub metadata: u64,
 }
 
@@ -160,6 +165,7 @@ struct BuildDescription {
     firmware: FirmwareRecord,
     binaries: Vec<FileRecord>,
     libraries: Vec<FileRecord>,
+    ca_bundle: Option<FileRecord>,
 }
 
 #[derive(Debug, Serialize)]
@@ -295,6 +301,20 @@ impl Contents {
         Ok((binaries, libraries))
     }
 
+    /// `bundle` at [`CA_BUNDLE_PATH`], if it holds a PEM certificate (a typo'd path to a key or a DER file
+    /// would otherwise only show at the first HTTPS download).
+    fn add_ca_bundle(&mut self, bundle: &Path) -> Result<FileRecord, BuildError> {
+        const PEM_CERTIFICATE: &[u8] = b"-----BEGIN CERTIFICATE-----";
+        let content = read(bundle)?;
+        if !content.windows(PEM_CERTIFICATE.len()).any(|window| window == PEM_CERTIFICATE) {
+            let missing = std::io::Error::new(std::io::ErrorKind::InvalidData, "no -----BEGIN CERTIFICATE----- line");
+            return Err(BuildError::io("not a PEM CA bundle:", bundle)(missing));
+        }
+        let record = file_record(&format!("/{CA_BUNDLE_PATH}"), &content);
+        self.add(Category::Metadata, CA_BUNDLE_PATH, 0o644, content)?;
+        Ok(record)
+    }
+
     /// Mount points and the device nodes the kernel and init need before devtmpfs is up.
     fn add_skeleton(&mut self) -> Result<(), BuildError> {
         for dir in ["proc", "sys", "dev", "run", "etc", "var"] {
@@ -345,6 +365,7 @@ fn build_with_kernel(
     let (binaries, libraries) = contents.add_binaries(&opts.init, &opts.agent)?;
     progress(&format!("binaries: {}, shared libraries: {}", binaries.len(), libraries.len()));
     contents.add_skeleton()?;
+    let ca_bundle = opts.ca_bundle.as_deref().map(|bundle| contents.add_ca_bundle(bundle)).transpose()?;
 
     let description = BuildDescription {
         kernel_release: kernel.release.clone(),
@@ -363,6 +384,7 @@ fn build_with_kernel(
         },
         binaries,
         libraries,
+        ca_bundle,
     };
     contents.add(Category::Metadata, BUILD_DESCRIPTION_PATH, 0o644, to_json(&description)?)?;
 

@@ -59,6 +59,9 @@ struct BuildArgs {
     /// mtime of every initramfs entry.
     #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 0)]
     source_date_epoch: u64,
+    /// PEM CA certificates the agent trusts for HTTPS image downloads, installed as /etc/ferric/ca-bundle.pem.
+    #[arg(long, value_name = "FILE")]
+    ca_bundle: Option<PathBuf>,
 }
 
 impl KernelArgs {
@@ -87,6 +90,7 @@ fn main() -> anyhow::Result<()> {
         extra_modules: args.extra_modules,
         firmware_dir: args.firmware_dir,
         source_date_epoch: args.source_date_epoch,
+        ca_bundle: args.ca_bundle,
     };
     let started = Instant::now();
     let mut progress = |line: &str| eprintln!("[{:6.1}s] {line}", started.elapsed().as_secs_f64());

@@ -41,6 +41,11 @@ pub const REQUIRED_MODULES: &[&str] = &[
     "nls_cp437",
     "nls_iso8859_1",
     "efivarfs",
+    // The agent mounts ext4 root filesystems of partition images (ESP contents, grub-install).
+    "ext4",
+    // ext4 and jbd2 ask for crc32c by its crypto name (a softdep, absent from modules.dep);
+    // there is no modprobe in the ramdisk to resolve it, so the generic implementation is carried.
+    "crc32c_generic",
 ];
 
 /// Compression suffixes kmod accepts after `.ko`, with the tool that decompresses each.
@@ -168,6 +173,26 @@ kernel/drivers/net/dummy.ko:
         assert_eq!(names, ["failover", "net_failover", "nls_iso8859_1", "rng_core", "virtio_net", "virtio_rng"]);
         assert_eq!(selection.modules["virtio_rng"], "kernel/drivers/char/hw_random/virtio-rng.ko.xz");
         assert_eq!(selection.builtin.iter().collect::<Vec<_>>(), ["virtio_pci"]);
+    }
+
+    /// modules.dep lines of Debian's 6.1 kernel for ext4.
+    const EXT4_DEP: &str = "\
+kernel/fs/ext4/ext4.ko: kernel/lib/crc16.ko kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko
+kernel/fs/jbd2/jbd2.ko:
+kernel/fs/mbcache.ko:
+kernel/lib/crc16.ko:
+kernel/crypto/crc32c_generic.ko:
+kernel/fs/xfs/xfs.ko: kernel/lib/libcrc32c.ko
+kernel/lib/libcrc32c.ko:
+";
+
+    #[test]
+    fn required_modules_mount_ext4_with_its_dependencies_and_crc32c() {
+        let index = ModuleIndex::parse(PathBuf::from("/m"), "", EXT4_DEP, "");
+        let known = REQUIRED_MODULES.iter().copied().filter(|name| index.module(name).is_some());
+        let selection = select(&index, known).unwrap();
+        let names: Vec<&str> = selection.modules.keys().map(String::as_str).collect();
+        assert_eq!(names, ["crc16", "crc32c_generic", "ext4", "jbd2", "mbcache"]);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! depmod, ldd and cpio).
 
 use std::fs;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -82,6 +82,7 @@ fn options(fixture: &Fixture, out: &str) -> BuildOptions {
         extra_modules: Vec::new(),
         firmware_dir: fixture.firmware.clone(),
         source_date_epoch: 0,
+        ca_bundle: None,
     }
 }
 
@@ -161,6 +162,7 @@ fn fake_tree_builds_reproducibly_with_the_expected_content() {
     }
 
     assert_eq!(description["kernel_release"], RELEASE);
+    assert!(description["ca_bundle"].is_null() && !root.join(CA_BUNDLE_PATH).exists());
     assert_eq!(description["firmware"]["missing"][0], "tigon/missing.bin");
     let init_hash = sha256_hex(&fs::read("/bin/busybox").unwrap());
     assert_eq!(description["binaries"][0]["sha256"], init_hash.as_str());
@@ -239,4 +241,40 @@ fn extra_modules_are_added_with_their_indices() {
     extract(&report.initramfs, &root);
     let alias = fs::read_to_string(root.join("lib/modules").join(RELEASE).join("modules.alias")).unwrap();
     assert!(alias.contains("alias pci:v0000DEADd* unused"), "{alias}");
+}
+
+#[test]
+fn ca_bundle_is_installed_and_recorded() {
+    let fixture = fixture();
+    let bundle = fixture.base.join("ca.pem");
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    fs::write(&bundle, pem).unwrap();
+    let opts = BuildOptions { ca_bundle: Some(bundle), ..options(&fixture, "out") };
+    let report = build_from_tree(&fixture, &opts, &mut |_| {}).unwrap();
+    let root = fixture.base.join("unpacked");
+    extract(&report.initramfs, &root);
+    assert_eq!(format!("/{CA_BUNDLE_PATH}"), ferric_protocol::CA_BUNDLE_PATH, "the agent looks where we install");
+    let installed = root.join(CA_BUNDLE_PATH);
+    assert_eq!(fs::read_to_string(&installed).unwrap(), pem);
+    assert_eq!(fs::metadata(&installed).unwrap().permissions().mode() & 0o7777, 0o644);
+    let description: serde_json::Value =
+        serde_json::from_slice(&fs::read(root.join(BUILD_DESCRIPTION_PATH)).unwrap()).unwrap();
+    assert_eq!(description["ca_bundle"]["path"], "/etc/ferric/ca-bundle.pem");
+    assert_eq!(description["ca_bundle"]["sha256"], sha256_hex(pem.as_bytes()).as_str());
+    let build_json = fs::metadata(root.join(BUILD_DESCRIPTION_PATH)).unwrap().len();
+    assert_eq!(report.content_bytes.metadata, build_json + pem.len() as u64);
+}
+
+#[test]
+fn ca_bundle_without_a_certificate_is_refused() {
+    let fixture = fixture();
+    let key = fixture.base.join("server.key");
+    fs::write(&key, "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n").unwrap();
+    let cases = [(key, "not a PEM CA bundle:"), (fixture.base.join("missing.pem"), "cannot read")];
+    for (bundle, message) in cases {
+        let opts = BuildOptions { ca_bundle: Some(bundle.clone()), ..options(&fixture, "out") };
+        let err = build_from_tree(&fixture, &opts, &mut |_| {}).unwrap_err();
+        assert_eq!(err.to_string(), format!("{message} {}", bundle.display()));
+        assert!(!opts.out_dir.exists(), "{err}");
+    }
 }

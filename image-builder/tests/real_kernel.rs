@@ -32,6 +32,7 @@ fn build_into(out_dir: PathBuf, kernel: KernelSource) -> BuildReport {
         extra_modules: Vec::new(),
         firmware_dir: PathBuf::from("/lib/firmware"),
         source_date_epoch: 0,
+        ca_bundle: None,
     };
     build(&opts, &mut |line| eprintln!("{line}")).unwrap()
 }

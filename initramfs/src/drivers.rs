@@ -104,9 +104,10 @@ impl HardwareDrivers {
     }
 }
 
-/// Filesystems the agent mounts (a deployed root to copy its EFI files, an ESP). The ramdisk has
-/// no modprobe for the kernel to call, so init loads them up front; absent ones are skipped.
-pub const AGENT_FILESYSTEM_ALIASES: &[&str] = &["fs-ext4", "fs-vfat"];
+/// Filesystems the agent mounts (a deployed root to copy its EFI files, an ESP), and crc32c, which
+/// ext4 needs at mount time but names only as a soft dependency that modules.dep leaves out. The
+/// ramdisk has no modprobe for the kernel to call, so init loads them up front; absent ones are skipped.
+pub const AGENT_FILESYSTEM_ALIASES: &[&str] = &["fs-ext4", "crypto-crc32c", "fs-vfat"];
 
 /// The modaliases drivers are wanted for: every device's, efivarfs's on UEFI machines, and the
 /// filesystems the agent mounts.

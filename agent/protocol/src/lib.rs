@@ -19,6 +19,8 @@ pub const CMDLINE_API_URL: &str = "ferric.api";
 pub const CMDLINE_BOOTIF: &str = "BOOTIF";
 /// Where the ramdisk holds the agent binary: image-builder puts it there, init runs it.
 pub const AGENT_PATH: &str = "/usr/bin/ferric-agent";
+/// Where the ramdisk holds extra CAs for HTTPS image servers (image-builder `--ca-bundle`).
+pub const CA_BUNDLE_PATH: &str = "/etc/ferric/ca-bundle.pem";
 /// Ironic's microversion header; the agent sends it so the controller applies the agent routes.
 pub const API_VERSION_HEADER: &str = "X-OpenStack-Ironic-API-Version";
 /// The microversion the agent speaks: 1.62 is the first with `agent_token` (as IPA uses).
@@ -114,7 +116,7 @@ pub struct Task {
 #[serde(tag = "command_name", content = "params", rename_all = "snake_case")]
 pub enum Command {
     /// Stream an image to the root disk (IPA's `write_image` deploy step).
-    WriteImage { image_info: ImageInfo },
+    WriteImage { image_info: Box<ImageInfo> },
     /// Flush and reboot into whatever boots next (IPA's `standby.run_image`).
     Reboot,
     /// Flush and power the node off (IPA's `standby.power_off`).
@@ -264,7 +266,11 @@ mod tests {
         let task = Task {
             id: "t1".into(),
             command: Command::WriteImage {
-                image_info: ImageInfo { id: "img".into(), urls: vec!["http://x/img".into()], ..Default::default() },
+                image_info: Box::new(ImageInfo {
+                    id: "img".into(),
+                    urls: vec!["http://x/img".into()],
+                    ..Default::default()
+                }),
             },
         };
         let json = serde_json::to_value(&task).unwrap();
