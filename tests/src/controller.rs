@@ -229,13 +229,29 @@ impl ApiClient {
         Ok(())
     }
 
+    /// `PUT /v1/nodes/{id}/states/provision` with a whole request `body`, e.g. a `configdrive` with the target.
+    pub fn request_provision(&self, node: &str, body: Value) -> Result<(), ClientError> {
+        self.send(Method::PUT, &format!("/v1/nodes/{node}/states/provision"), Some(body))?;
+        Ok(())
+    }
+
     /// Points the node's instance at a whole-disk image and its checksum.
     pub fn set_image(&self, node: &str, image_source: &str, image_checksum: &str) -> Result<Value, ClientError> {
-        let patch = json!([
-            {"op": "add", "path": "/instance_info/image_source", "value": image_source},
-            {"op": "add", "path": "/instance_info/image_checksum", "value": image_checksum},
-        ]);
-        self.send_json(Method::PATCH, &format!("/v1/nodes/{node}"), Some(patch))
+        let fields = [("image_source", json!(image_source)), ("image_checksum", json!(image_checksum))];
+        self.add_instance_info(node, fields.iter().map(|(key, value)| (*key, value)))
+    }
+
+    /// Adds (or replaces) members of the node's `instance_info` with one JSON patch; returns the node.
+    pub fn add_instance_info<'a>(
+        &self,
+        node: &str,
+        fields: impl IntoIterator<Item = (&'a str, &'a Value)>,
+    ) -> Result<Value, ClientError> {
+        let patch: Vec<Value> = fields
+            .into_iter()
+            .map(|(key, value)| json!({"op": "add", "path": format!("/instance_info/{key}"), "value": value}))
+            .collect();
+        self.send_json(Method::PATCH, &format!("/v1/nodes/{node}"), Some(Value::Array(patch)))
     }
 
     pub fn node(&self, node: &str) -> Result<Value, ClientError> {

@@ -19,21 +19,51 @@ pub fn create_sparse(path: &Path, bytes: u64) -> Result<(), PathIoError> {
 
 /// The offset of the first byte where `disk` differs from `image` (over the image's length), if any.
 pub fn first_difference(disk: &Path, image: &Path) -> Result<Option<u64>, PathIoError> {
+    first_difference_in(disk, 0, image, 0, u64::MAX)
+}
+
+/// Compares up to `len` bytes of `image` from `image_offset` (fewer where the image ends) with `disk` from
+/// `disk_offset`: the disk offset of the first byte that differs, if any. For a partition, or a range
+/// of a whole-disk image that the deploy must leave as it was.
+pub fn first_difference_in(
+    disk: &Path,
+    disk_offset: u64,
+    image: &Path,
+    image_offset: u64,
+    len: u64,
+) -> Result<Option<u64>, PathIoError> {
     let mut disk_file = File::open(disk).map_err(PathIoError::at("open", disk))?;
     let mut image_file = File::open(image).map_err(PathIoError::at("open", image))?;
+    disk_file.seek(SeekFrom::Start(disk_offset)).map_err(PathIoError::at("seek", disk))?;
+    image_file.seek(SeekFrom::Start(image_offset)).map_err(PathIoError::at("seek", image))?;
     let (mut disk_buf, mut image_buf) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
-    let mut offset = 0u64;
-    loop {
-        let n = read_full(&mut image_file, &mut image_buf).map_err(PathIoError::at("read", image))?;
+    let mut done = 0u64;
+    while done < len {
+        let want = (len - done).min(CHUNK as u64) as usize;
+        let n = read_full(&mut image_file, &mut image_buf[..want]).map_err(PathIoError::at("read", image))?;
         if n == 0 {
-            return Ok(None);
+            break;
         }
         let got = read_full(&mut disk_file, &mut disk_buf[..n]).map_err(PathIoError::at("read", disk))?;
         if let Some(i) = (0..n).find(|&i| i >= got || disk_buf[i] != image_buf[i]) {
-            return Ok(Some(offset + i as u64));
+            return Ok(Some(disk_offset + done + i as u64));
         }
-        offset += n as u64;
+        done += n as u64;
     }
+    Ok(None)
+}
+
+/// The volume identifier of an ISO 9660 file system starting at `offset` (its primary volume
+/// descriptor, sector 16 of 2048 bytes, says `CD001`), or `None` when there is none.
+pub fn iso9660_volume_id(path: &Path, offset: u64) -> Result<Option<String>, PathIoError> {
+    let mut file = File::open(path).map_err(PathIoError::at("open", path))?;
+    file.seek(SeekFrom::Start(offset + 16 * 2048)).map_err(PathIoError::at("seek", path))?;
+    let mut descriptor = [0u8; 2048];
+    let got = read_full(&mut file, &mut descriptor).map_err(PathIoError::at("read", path))?;
+    if got < descriptor.len() || descriptor[0] != 1 || &descriptor[1..6] != b"CD001" {
+        return Ok(None);
+    }
+    Ok(Some(String::from_utf8_lossy(&descriptor[40..72]).trim_end().to_owned()))
 }
 
 /// The offset of the first non-zero byte in `[offset, offset + len)`, if any (bytes past the end count as zero).
@@ -124,6 +154,37 @@ mod tests {
         assert_eq!(first_difference(&disk, &image).unwrap(), None);
         write_at(&disk, 2 * CHUNK as u64 + 7, &[0]);
         assert_eq!(first_difference(&disk, &image).unwrap(), Some(2 * CHUNK as u64 + 7));
+    }
+
+    #[test]
+    fn compares_a_range_of_the_image_with_the_disk_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let (disk, image) = (dir.path().join("disk"), dir.path().join("image"));
+        let content: Vec<u8> = (0..3 * CHUNK as u32).map(|i| (i % 253) as u8 + 1).collect();
+        std::fs::write(&image, &content).unwrap();
+        create_sparse(&disk, 8 * CHUNK as u64).unwrap();
+        let at = 5 * CHUNK as u64 + 3;
+        write_at(&disk, at, &content[100..]);
+        assert_eq!(first_difference_in(&disk, at, &image, 100, u64::MAX).unwrap(), None);
+        assert_eq!(first_difference_in(&disk, at, &image, 100, 10).unwrap(), None);
+        assert_eq!(first_difference_in(&disk, at, &image, 99, 10).unwrap(), Some(at));
+        write_at(&disk, at + CHUNK as u64 + 1, &[0]);
+        assert_eq!(first_difference_in(&disk, at, &image, 100, u64::MAX).unwrap(), Some(at + CHUNK as u64 + 1));
+        assert_eq!(first_difference_in(&disk, at, &image, 100, CHUNK as u64).unwrap(), None);
+    }
+
+    #[test]
+    fn reads_the_volume_id_of_an_iso9660_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("disk");
+        create_sparse(&disk, 4 * CHUNK as u64).unwrap();
+        assert_eq!(iso9660_volume_id(&disk, CHUNK as u64).unwrap(), None);
+        let mut descriptor = vec![0u8; 2048];
+        descriptor[..6].copy_from_slice(b"\x01CD001");
+        descriptor[40..72].copy_from_slice(format!("{:<32}", "config-2").as_bytes());
+        write_at(&disk, CHUNK as u64 + 16 * 2048, &descriptor);
+        assert_eq!(iso9660_volume_id(&disk, CHUNK as u64).unwrap().as_deref(), Some("config-2"));
+        assert_eq!(iso9660_volume_id(&disk, 0).unwrap(), None);
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod controller;
 pub mod demo;
 pub mod disk;
 pub mod image_server;
+pub mod images;
 pub mod ipmi_sim;
 pub mod path_io;
 pub mod paths;

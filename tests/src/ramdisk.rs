@@ -38,6 +38,8 @@ pub enum RamdiskError {
 pub struct RamdiskPaths {
     pub dir: PathBuf,
     pub vmlinuz: PathBuf,
+    /// The kernel package the ramdisk's kernel and modules came from (the test OS takes drivers from it).
+    pub kernel_package: PathBuf,
 }
 
 /// Builds the ramdisk into `out_dir` from `ferric-agent` and `ferric-init` in the running executable's
@@ -59,13 +61,14 @@ pub fn build_ramdisk(out_dir: &Path) -> Result<RamdiskPaths, RamdiskError> {
         .ok_or_else(|| RamdiskError::NoKernelPackage { dir: cache_dir.clone() })?;
     let options = BuildOptions {
         out_dir: out_dir.to_path_buf(),
-        kernel: KernelSource::Deb(deb),
+        kernel: KernelSource::Deb(deb.clone()),
         agent: paths::workspace_binary("ferric-agent")?,
         init: paths::workspace_binary("ferric-init")?,
         cache_dir,
         extra_modules: Vec::new(),
         firmware_dir: PathBuf::from(FIRMWARE_DIR),
         source_date_epoch: SOURCE_DATE_EPOCH,
+        ca_bundle: None,
     };
     let report = ferric_image_builder::build(&options, &mut |step| tracing::info!("ramdisk: {step}"))
         .map_err(|source| RamdiskError::Build { out_dir: out_dir.to_path_buf(), source: Box::new(source) })?;
@@ -75,5 +78,5 @@ pub fn build_ramdisk(out_dir: &Path) -> Result<RamdiskPaths, RamdiskError> {
         initramfs_bytes = report.initramfs_bytes,
         "ramdisk built"
     );
-    Ok(RamdiskPaths { dir: out_dir.to_path_buf(), vmlinuz: report.vmlinuz })
+    Ok(RamdiskPaths { dir: out_dir.to_path_buf(), vmlinuz: report.vmlinuz, kernel_package: deb })
 }

@@ -15,19 +15,23 @@ use crate::ipmi_sim::{ChassisVm, IpmiSim, IpmiSimError};
 use crate::path_io::PathIoError;
 use crate::paths::{self, PathError};
 use crate::ramdisk::{RamdiskError, RamdiskPaths};
-use crate::testos::{self, TestOsError, TestOsImage};
+use crate::testos::{self, TestOsError, TestOsImage, TestOsOptions};
 use crate::vm::{Firmware, NetworkBoot, Vm, VmError, VmSpec, SERIAL_TAIL_LINES};
 
 /// The name the image server serves the test OS under.
 pub const IMAGE_NAME: &str = "testos.img";
 /// The agent deploys to the smallest disk of at least 4 GiB.
 pub const DISK_BYTES: u64 = 5 * 1024 * 1024 * 1024;
-/// The ramdisk holds the agent, modules and buffers; the test OS needs far less.
+/// The ramdisk holds the agent, modules and buffers; the test OS needs far less. A [`DeploySetup`] may
+/// give its VM another size.
 pub const VM_MEMORY_MIB: u32 = 1024;
 /// How far past the image the deployed disk must still be zero.
 pub const ZERO_AFTER_IMAGE_BYTES: u64 = 1024 * 1024;
 /// The test OS prints its marker about 10 s after the firmware hands over; powering off takes less.
 const POWEROFF_TIMEOUT: Duration = Duration::from_secs(60);
+/// From `active` to the deployed OS's marker: a reboot or power cycle, the firmware and the test OS (about
+/// 15 s under TCG). Bounds the wait when what was written does not boot.
+const MARKER_TIMEOUT: Duration = Duration::from_secs(180);
 const STABLE_STATE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +63,7 @@ pub enum ScenarioError {
     Bmc(#[from] IpmiSimError),
     #[error("the time budget of {budget:?} ran out before {step}")]
     OutOfTime { budget: Duration, step: &'static str },
-    #[error("disk {disk} differs from image {image} at byte {offset}")]
+    #[error("disk {disk} differs from image {image} at byte {offset} of the disk")]
     DiskDiffers { disk: PathBuf, image: PathBuf, offset: u64 },
     #[error("disk {disk} has non-zero byte at {offset}, in the {len} bytes after the image")]
     DiskDirtyAfterImage { disk: PathBuf, offset: u64, len: u64 },
@@ -100,6 +104,48 @@ pub struct DeployEnv {
     pub node: String,
     pub mac: String,
     pub disk: PathBuf,
+    /// The VM's RAM.
+    pub memory_mib: u32,
+}
+
+/// What a deploy request sets: the image (served by the scenario's image server) and its checksum,
+/// further `instance_info` members, and the provision request's `configdrive`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeployRequest {
+    /// The name the image server serves the image under.
+    pub image_name: String,
+    pub image_checksum: String,
+    /// More `instance_info`: `image_disk_format`, `image_type`, `root_gb`, `swap_mb`, `deploy_boot_mode`...
+    pub instance_info: serde_json::Map<String, Value>,
+    /// Ironic's `configdrive` (a dict from API 1.56, or a URL or gzip+base64 ISO string).
+    pub configdrive: Option<Value>,
+}
+
+impl DeployRequest {
+    /// The image `image_name` with `image_checksum` and nothing else.
+    pub fn image(image_name: &str, image_checksum: &str) -> DeployRequest {
+        DeployRequest {
+            image_name: image_name.to_owned(),
+            image_checksum: image_checksum.to_owned(),
+            instance_info: serde_json::Map::new(),
+            configdrive: None,
+        }
+    }
+
+    /// Adds an `instance_info` member.
+    pub fn with(mut self, key: &str, value: Value) -> DeployRequest {
+        self.instance_info.insert(key.to_owned(), value);
+        self
+    }
+
+    /// The provision request's body: `{"target": "active"}`, with the `configdrive` if there is one.
+    pub fn provision_body(&self) -> Value {
+        let mut body = json!({"target": "active"});
+        if let Some(configdrive) = &self.configdrive {
+            body["configdrive"] = configdrive.clone();
+        }
+        body
+    }
 }
 
 /// A deploy in flight: the request has been made and the VM is booting.
@@ -129,12 +175,12 @@ impl BootOutcome {
 }
 
 /// The deploying VM: UEFI, network boot first (to the controller's iPXE script), then the blank disk.
-fn node_vm_spec(work_dir: &Path, controller: &Controller, mac: &str, disk: &Path) -> VmSpec {
+fn node_vm_spec(work_dir: &Path, controller: &Controller, mac: &str, disk: &Path, memory_mib: u32) -> VmSpec {
     VmSpec {
         name: "node".into(),
         work_dir: work_dir.join("vm"),
         firmware: Firmware::Uefi,
-        memory_mib: VM_MEMORY_MIB,
+        memory_mib,
         network_boot: Some(NetworkBoot { boot_url: controller.boot_url(), mac: mac.to_owned() }),
         disks: vec![disk.to_owned()],
     }
@@ -151,6 +197,8 @@ pub struct DeploySetup {
     pub client: ApiClient,
     pub mac: String,
     pub disk: PathBuf,
+    /// The VM's RAM ([`VM_MEMORY_MIB`] unless changed before the VM is made).
+    pub memory_mib: u32,
 }
 
 impl DeploySetup {
@@ -162,6 +210,17 @@ impl DeploySetup {
         mac: &str,
         controller_flags: &[&str],
     ) -> Result<DeploySetup, ScenarioError> {
+        DeploySetup::with_test_os(name, ramdisk, mac, controller_flags, &TestOsOptions::default())
+    }
+
+    /// [`DeploySetup::new`] with a test OS built with `test_os` options.
+    pub fn with_test_os(
+        name: &str,
+        ramdisk: &RamdiskPaths,
+        mac: &str,
+        controller_flags: &[&str],
+        test_os: &TestOsOptions,
+    ) -> Result<DeploySetup, ScenarioError> {
         let work_dir = paths::scratch_dir()?.join("runs").join(name);
         if work_dir.exists() {
             fs::remove_dir_all(&work_dir).map_err(PathIoError::at("remove the old work directory", &work_dir))?;
@@ -170,7 +229,7 @@ impl DeploySetup {
         tracing::info!(work_dir = %work_dir.display(), "preparing deploy scenario");
 
         let token = format!("{name}-{}", uuid::Uuid::new_v4().simple());
-        let image = testos::build(&work_dir.join("testos"), &ramdisk.vmlinuz, &token)?;
+        let image = testos::build_with(&work_dir.join("testos"), &ramdisk.vmlinuz, &token, test_os)?;
         let image_server =
             ImageServer::start([(IMAGE_NAME.to_string(), image.path.clone())]).map_err(ScenarioError::ImageServer)?;
         let controller = Controller::start_with(&work_dir.join("controller"), &ramdisk.dir, controller_flags)?;
@@ -186,18 +245,19 @@ impl DeploySetup {
             client,
             mac: mac.to_owned(),
             disk,
+            memory_mib: VM_MEMORY_MIB,
         })
     }
 
     /// The VM that deploys: UEFI, network boot first (to the controller's iPXE script), then the blank disk.
     pub fn vm_spec(&self) -> VmSpec {
-        node_vm_spec(&self.work_dir, &self.controller, &self.mac, &self.disk)
+        node_vm_spec(&self.work_dir, &self.controller, &self.mac, &self.disk, self.memory_mib)
     }
 
     /// Enrolls the node with `fields` (its driver and driver_info) and the VM's MAC, and takes it through
     /// enroll -> manageable -> available.
     pub fn enroll(self, fields: Value, budget: &Budget) -> Result<DeployEnv, ScenarioError> {
-        let DeploySetup { name, work_dir, image, image_server, controller, client, mac, disk } = self;
+        let DeploySetup { name, work_dir, image, image_server, controller, client, mac, disk, memory_mib } = self;
         let mut body = json!({"name": name, "boot_mode": "uefi"});
         if let (Some(body), Value::Object(fields)) = (body.as_object_mut(), fields) {
             body.extend(fields);
@@ -212,7 +272,7 @@ impl DeploySetup {
         client.set_provision_state(&node, "provide")?;
         let timeout = STABLE_STATE_TIMEOUT.min(budget.remaining("provide")?);
         client.wait_for_provision_state(&node, &["available"], &["clean failed", "error"], timeout)?;
-        Ok(DeployEnv { work_dir, image, image_server, controller, client, node, mac, disk })
+        Ok(DeployEnv { work_dir, image, image_server, controller, client, node, mac, disk, memory_mib })
     }
 }
 
@@ -224,9 +284,20 @@ impl DeployEnv {
 
     /// Points the node's instance at the test OS image (with `image_checksum`) and requests the deploy.
     pub fn request_deploy(&self, image_checksum: &str) -> Result<(Instant, SystemTime), ScenarioError> {
-        self.client.set_image(&self.node, &self.image_server.guest_url(IMAGE_NAME), image_checksum)?;
+        self.request(&DeployRequest::image(IMAGE_NAME, image_checksum))
+    }
+
+    /// Sets the node's `instance_info` as `request` says (the image at the image server's guest URL) and
+    /// requests the deploy, with the request's config drive.
+    pub fn request(&self, request: &DeployRequest) -> Result<(Instant, SystemTime), ScenarioError> {
+        let source = json!(self.image_server.guest_url(&request.image_name));
+        let checksum = json!(request.image_checksum);
+        let fields = [("image_source", &source), ("image_checksum", &checksum)]
+            .into_iter()
+            .chain(request.instance_info.iter().map(|(key, value)| (key.as_str(), value)));
+        self.client.add_instance_info(&self.node, fields)?;
         let requested = (Instant::now(), SystemTime::now());
-        self.client.set_provision_state(&self.node, "active")?;
+        self.client.request_provision(&self.node, request.provision_body())?;
         Ok(requested)
     }
 
@@ -234,7 +305,7 @@ impl DeployEnv {
     /// network boot first (to the controller's iPXE script), then the blank disk.
     pub fn start_deploy(&self, image_checksum: &str) -> Result<DeployStarted, ScenarioError> {
         let (requested_at, requested_wall) = self.request_deploy(image_checksum)?;
-        let vm = Vm::start(node_vm_spec(&self.work_dir, &self.controller, &self.mac, &self.disk))?;
+        let vm = Vm::start(node_vm_spec(&self.work_dir, &self.controller, &self.mac, &self.disk, self.memory_mib))?;
         Ok(DeployStarted { vm, requested_at, requested_wall })
     }
 
@@ -267,7 +338,10 @@ impl DeployEnv {
         let node = self.wait_for_state(started, &["active"], &["deploy failed", "error"], budget)?;
         let to_active = started.requested_at.elapsed();
         tracing::info!(seconds = to_active.as_secs_f64(), "node active");
-        started.vm.wait_for_serial(&self.image.marker(), budget.remaining("waiting for the test OS marker")?)?;
+        started.vm.wait_for_serial(
+            &self.image.marker(),
+            MARKER_TIMEOUT.min(budget.remaining("waiting for the test OS marker")?),
+        )?;
         let to_marker = started.requested_at.elapsed();
         tracing::info!(seconds = to_marker.as_secs_f64(), "deployed test OS booted");
         started.vm.wait_exit(POWEROFF_TIMEOUT.min(budget.remaining("waiting for power-off")?))?;
@@ -275,13 +349,19 @@ impl DeployEnv {
         Ok(BootOutcome { to_active, to_marker, to_poweroff, node })
     }
 
-    /// The disk holds the image byte for byte, and the MiB after it is still zero (nothing else written).
-    /// Call once QEMU has stopped.
+    /// The disk holds the test OS image byte for byte, and the MiB after it is still zero (nothing else
+    /// written). Call once QEMU has stopped.
     pub fn check_disk_holds_image(&self) -> Result<(), ScenarioError> {
-        if let Some(offset) = disk::first_difference(&self.disk, &self.image.path)? {
-            return Err(ScenarioError::DiskDiffers { disk: self.disk.clone(), image: self.image.path.clone(), offset });
+        self.check_disk_holds(&self.image.path, self.image.size_bytes)
+    }
+
+    /// The disk holds the raw image `image` of `image_bytes` byte for byte, and the MiB after it is still
+    /// zero. Call once QEMU has stopped.
+    pub fn check_disk_holds(&self, image: &Path, image_bytes: u64) -> Result<(), ScenarioError> {
+        if let Some(offset) = disk::first_difference(&self.disk, image)? {
+            return Err(ScenarioError::DiskDiffers { disk: self.disk.clone(), image: image.to_owned(), offset });
         }
-        if let Some(offset) = disk::first_nonzero(&self.disk, self.image.size_bytes, ZERO_AFTER_IMAGE_BYTES)? {
+        if let Some(offset) = disk::first_nonzero(&self.disk, image_bytes, ZERO_AFTER_IMAGE_BYTES)? {
             return Err(ScenarioError::DiskDirtyAfterImage {
                 disk: self.disk.clone(),
                 offset,
@@ -312,7 +392,12 @@ pub struct IpmiDeployOutcome {
 impl IpmiDeployEnv {
     /// A [`DeploySetup`] with the VM behind `ipmi_sim`, enrolled with the `ipmi` driver and available.
     pub fn prepare(name: &str, ramdisk: &RamdiskPaths, mac: &str, budget: &Budget) -> Result<Self, ScenarioError> {
-        let setup = DeploySetup::new(name, ramdisk, mac, IPMI_CONTROLLER_FLAGS)?;
+        IpmiDeployEnv::enroll(DeploySetup::new(name, ramdisk, mac, IPMI_CONTROLLER_FLAGS)?, budget)
+    }
+
+    /// Puts the VM of `setup` (made with [`IPMI_CONTROLLER_FLAGS`]) behind `ipmi_sim` and enrolls the node
+    /// with the `ipmi` driver; the node is available.
+    pub fn enroll(setup: DeploySetup, budget: &Budget) -> Result<Self, ScenarioError> {
         let chassis = ChassisVm::new(&setup.vm_spec())?;
         let bmc = IpmiSim::start(&setup.work_dir.join("bmc"), Some(chassis))?;
         let env = setup.enroll(json!({"driver": "ipmi", "driver_info": Value::Object(bmc.driver_info())}), budget)?;
@@ -322,13 +407,25 @@ impl IpmiDeployEnv {
     /// Requests the deploy of the test OS and waits for `active`, the deployed OS's marker, and the
     /// node seen powered off (the OS powers off; the power state sync records it).
     pub fn deploy_and_boot(&self, budget: &Budget) -> Result<IpmiDeployOutcome, ScenarioError> {
+        self.deploy_and_boot_with(&DeployRequest::image(IMAGE_NAME, &self.env.image.sha256), budget)
+    }
+
+    /// [`IpmiDeployEnv::deploy_and_boot`] of what `request` says; the image must boot the test OS.
+    pub fn deploy_and_boot_with(
+        &self,
+        request: &DeployRequest,
+        budget: &Budget,
+    ) -> Result<IpmiDeployOutcome, ScenarioError> {
         let env = &self.env;
-        let (requested_at, requested_wall) = env.request_deploy(&env.image.sha256)?;
+        let (requested_at, requested_wall) = env.request(request)?;
         let timeout = budget.remaining("waiting for the deploy")?;
         let node = env.client.wait_for_provision_state(&env.node, &["active"], &["deploy failed", "error"], timeout);
         let node = node.map_err(|source| self.deploy_error(source))?;
         let to_active = requested_at.elapsed();
-        self.bmc.wait_for_serial(&env.image.marker(), budget.remaining("waiting for the test OS marker")?)?;
+        self.bmc.wait_for_serial(
+            &env.image.marker(),
+            MARKER_TIMEOUT.min(budget.remaining("waiting for the test OS marker")?),
+        )?;
         let to_marker = requested_at.elapsed();
         let timeout = POWEROFF_TIMEOUT.min(budget.remaining("waiting for power-off")?);
         env.client
@@ -338,7 +435,9 @@ impl IpmiDeployEnv {
         Ok(IpmiDeployOutcome { boot: BootOutcome { to_active, to_marker, to_poweroff, node }, requested_wall })
     }
 
-    fn deploy_error(&self, source: ClientError) -> ScenarioError {
+    /// A failed wait of the scenario with the VM's serial tail, the BMC's chassis calls and the
+    /// controller's log tail.
+    pub fn deploy_error(&self, source: ClientError) -> ScenarioError {
         let serial = self.bmc.serial_log().unwrap_or_default();
         ScenarioError::Deploy {
             source: Box::new(source),
@@ -425,6 +524,22 @@ mod tests {
         assert_eq!(reported.agent_write_mib_per_second(), Some(38.25));
         let rebooting = outcome(json!({"driver_internal_info": {"agent_command": {"command_name": "reboot"}}}));
         assert_eq!(rebooting.agent_write_mib_per_second(), None);
+    }
+
+    #[test]
+    fn a_deploy_request_carries_instance_info_and_the_config_drive_in_the_provision_body() {
+        let plain = DeployRequest::image("root.ext4", "ab12");
+        assert_eq!(plain.provision_body(), json!({"target": "active"}));
+        let request = DeployRequest {
+            configdrive: Some(json!({"meta_data": {"meta": {"ferric_probe": "p"}}})),
+            ..plain.with("image_type", json!("partition")).with("root_gb", json!(1))
+        };
+        assert_eq!(
+            request.provision_body(),
+            json!({"target": "active", "configdrive": {"meta_data": {"meta": {"ferric_probe": "p"}}}})
+        );
+        assert_eq!(Value::Object(request.instance_info), json!({"image_type": "partition", "root_gb": 1}));
+        assert_eq!((request.image_name.as_str(), request.image_checksum.as_str()), ("root.ext4", "ab12"));
     }
 
     #[test]
