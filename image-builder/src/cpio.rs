@@ -14,6 +14,9 @@ use flate2::{Compression, GzBuilder};
 const S_IFDIR: u32 = 0o040_000;
 const S_IFREG: u32 = 0o100_000;
 const S_IFCHR: u32 = 0o020_000;
+const S_IFLNK: u32 = 0o120_000;
+/// Symlink permissions are not used by Linux; this is what `ln -s` gives.
+const SYMLINK_PERMISSIONS: u32 = 0o777;
 const PERMISSION_BITS: u32 = 0o7777;
 const IMPLICIT_DIR_MODE: u32 = 0o755;
 const TRAILER: &str = "TRAILER!!!";
@@ -22,6 +25,8 @@ const TRAILER: &str = "TRAILER!!!";
 pub enum CpioError {
     #[error("invalid archive path {path:?}: it must be non-empty and have no `.` or `..` parts")]
     InvalidPath { path: String },
+    #[error("invalid target {target:?} for symlink {path}: it must be non-empty and have no NUL byte")]
+    InvalidLinkTarget { path: String, target: String },
     #[error("archive path {path} is added twice")]
     Duplicate { path: String },
     #[error("cannot add {path}: its parent {parent} is not a directory in the archive")]
@@ -39,6 +44,7 @@ enum Body {
     Directory,
     File(Vec<u8>),
     CharDevice { major: u32, minor: u32 },
+    Symlink { target: String },
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +59,7 @@ impl Entry {
             Body::Directory => S_IFDIR,
             Body::File(_) => S_IFREG,
             Body::CharDevice { .. } => S_IFCHR,
+            Body::Symlink { .. } => S_IFLNK,
         };
         file_type | self.permissions
     }
@@ -60,6 +67,8 @@ impl Entry {
     fn data(&self) -> &[u8] {
         match &self.body {
             Body::File(bytes) => bytes,
+            // A symlink's data is its target path.
+            Body::Symlink { target } => target.as_bytes(),
             Body::Directory | Body::CharDevice { .. } => &[],
         }
     }
@@ -107,6 +116,17 @@ impl Archive {
     /// Adds a character device node.
     pub fn add_char_device(&mut self, path: &str, mode: u32, major: u32, minor: u32) -> Result<(), CpioError> {
         self.insert(path, Entry { permissions: mode & PERMISSION_BITS, body: Body::CharDevice { major, minor } })
+    }
+
+    /// Adds a symbolic link to `target` (kept as given; relative targets resolve from the link's directory).
+    pub fn add_symlink(&mut self, path: &str, target: &str) -> Result<(), CpioError> {
+        if target.is_empty() || target.contains('\0') {
+            return Err(CpioError::InvalidLinkTarget { path: path.to_string(), target: target.to_string() });
+        }
+        self.insert(
+            path,
+            Entry { permissions: SYMLINK_PERMISSIONS, body: Body::Symlink { target: target.to_string() } },
+        )
     }
 
     /// Number of entries, directories included, trailer excluded.
@@ -274,6 +294,7 @@ mod tests {
             |a, _| a.add_char_device("dev/null", 0o666, 1, 3),
             |a, _| a.add_dir("tmp", 0o1777),
             |a, _| a.add_file("a-b", 0o600, b"odd length".to_vec()),
+            |a, _| a.add_symlink("usr/sbin/tool-alias", "../bin/tool"),
         ];
         if reverse {
             steps.reverse();
@@ -313,6 +334,8 @@ mod tests {
             "usr",
             "usr/bin",
             "usr/bin/tool",
+            "usr/sbin",
+            "usr/sbin/tool-alias",
         ];
         assert_eq!(names, expected);
 
@@ -322,6 +345,7 @@ mod tests {
         assert!(line_for(" etc").starts_with("drwx------"), "{verbose}");
         assert!(line_for("tmp").starts_with("drwxrwxrwt"), "{verbose}");
         assert!(line_for("usr/bin/tool").contains(" root "), "{verbose}");
+        assert!(line_for("usr/sbin/tool-alias -> ../bin/tool").starts_with("lrwxrwxrwx"), "{verbose}");
     }
 
     #[test]
@@ -348,6 +372,10 @@ mod tests {
             assert_eq!(meta.permissions().mode() & 0o7777, perm, "{path}");
             assert_eq!(dev_numbers(meta.rdev()), numbers, "{path}");
         }
+        let alias = root.join("usr/sbin/tool-alias");
+        assert!(fs::symlink_metadata(&alias).unwrap().file_type().is_symlink());
+        assert_eq!(fs::read_link(&alias).unwrap(), Path::new("../bin/tool"));
+        assert_eq!(fs::read_to_string(&alias).unwrap(), "#!/bin/sh\necho tool\n", "the link resolves in the tree");
         let file = fs::metadata(root.join("usr/bin/tool")).unwrap();
         assert_eq!((file.uid(), file.gid()), (0, 0));
     }
@@ -401,6 +429,11 @@ mod tests {
         assert!(matches!(archive.add_file("/usr/bin/x", 0o755, vec![]), Err(CpioError::Duplicate { .. })));
         assert!(matches!(archive.add_dir("usr/bin/x", 0o755), Err(CpioError::Duplicate { .. })));
         assert!(matches!(archive.add_file("usr/bin/x/y", 0o644, vec![]), Err(CpioError::ParentNotDirectory { .. })));
+        assert!(matches!(archive.add_symlink("usr/bin/x", "y"), Err(CpioError::Duplicate { .. })));
+        for target in ["", "a\0b"] {
+            let err = archive.add_symlink("usr/bin/link", target).unwrap_err();
+            assert!(matches!(err, CpioError::InvalidLinkTarget { .. }), "{target:?}: {err}");
+        }
         for bad in ["", "/", "a/../b", "./a", "a//b"] {
             assert!(matches!(archive.add_dir(bad, 0o755), Err(CpioError::InvalidPath { .. })), "{bad}");
         }

@@ -35,6 +35,12 @@ pub enum BuildError {
         #[source]
         source: ElfError,
     },
+    #[error("tool {path} is not a program on the build host")]
+    MissingTool {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{binary} needs shared library {library}, which ldd could not find")]
     MissingLibrary { binary: PathBuf, library: String },
     #[error("cannot add {path} to the initramfs")]

@@ -1,6 +1,7 @@
 //! Builds the Ferric ramdisk: a distribution kernel plus a reproducible gzip-compressed cpio
-//! initramfs holding ferric-init as `/init`, the agent, their shared libraries, the drivers a
-//! provisioning host needs (virtio, NVMe/SATA/SAS/RAID, common server NICs) and their firmware.
+//! initramfs holding ferric-init as `/init`, the agent, the host tools it runs (mke2fs), their shared
+//! libraries, the drivers a provisioning host needs (virtio, NVMe/SATA/SAS/RAID, common server NICs)
+//! and their firmware.
 //!
 //! Reproducible: the same inputs and `source_date_epoch` give byte-identical outputs, so a
 //! ramdisk can be rebuilt and compared, and caches keyed by its hash stay valid.
@@ -12,6 +13,7 @@ mod firmware;
 mod kernel;
 mod libraries;
 mod modules;
+mod tools;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -25,6 +27,7 @@ use sha2::{Digest, Sha256};
 pub use error::BuildError;
 pub use kernel::{newest_cached_package, KernelSource};
 pub use modules::REQUIRED_MODULES;
+pub use tools::{default_tools, TOOLS_DIR};
 
 /// Where `--init` lands in the initramfs (the kernel runs `/init` as PID 1).
 pub const INIT_PATH: &str = "init";
@@ -50,6 +53,10 @@ pub struct BuildOptions {
     pub source_date_epoch: u64,
     /// PEM CA certificates installed at [`CA_BUNDLE_PATH`] (an image server with an in-house CA).
     pub ca_bundle: Option<PathBuf>,
+    /// Host programs the agent runs, installed in [`TOOLS_DIR`] with their shared libraries and, as
+    /// symlinks, the other names the host gives them in their directory (mke2fs: mkfs.ext2/3/4).
+    /// [`default_tools`] is what the agent needs for ext ephemeral partitions.
+    pub tools: Vec<PathBuf>,
 }
 
 /// Uncompressed bytes of initramfs file content, by kind.
@@ -60,6 +67,7 @@ pub struct CategorySizes {
     pub firmware: u64,
     /// `/init` and the agent.
     pub binaries: u64,
+    pub tools: u64,
     pub libraries: u64,
     /// build.json and the CA bundle.
     pub metadata: u64,
@@ -86,9 +94,19 @@ pub struct BuildReport {
     pub firmware_missing: Vec<String>,
     /// In-image paths of the binaries (`init`, the agent).
     pub binaries: Vec<String>,
+    pub tools: Vec<InstalledTool>,
     /// In-image paths of the shared libraries.
     pub libraries: Vec<String>,
     pub content_bytes: CategorySizes,
+}
+
+/// A tool in the image and the symlinks naming it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstalledTool {
+    /// In-image path, e.g. `/usr/sbin/mke2fs`.
+    pub path: String,
+    /// In-image paths of the symlinks to it, e.g. `/usr/sbin/mkfs.ext4`.
+    pub links: Vec<String>,
 }
 
 impl BuildReport {
@@ -107,11 +125,13 @@ impl BuildReport {
             ),
             ("firmware", format!("{} found, {} missing", self.firmware_found.len(), self.firmware_missing.len())),
             ("binaries", self.binaries.join(", ")),
+            ("tools", self.tools.iter().map(InstalledTool::describe).collect::<Vec<_>>().join(", ")),
             ("libraries", self.libraries.join(", ")),
             ("content (uncompressed)", String::new()),
             ("  modules", size(sizes.modules)),
             ("  firmware", size(sizes.firmware)),
             ("  binaries", size(sizes.binaries)),
+            ("  tools", size(sizes.tools)),
             ("  libraries", size(sizes.libraries)),
             ("  metadata", size(sizes.metadata)),
             ("  cpio archive", size(self.initramfs_uncompressed_bytes)),
@@ -127,6 +147,18 @@ impl BuildReport {
         }
         out.push_str(&format!("manifest        {}\n", self.manifest.display()));
         out
+    }
+}
+
+impl InstalledTool {
+    /// `/usr/sbin/mke2fs (also mkfs.ext2, mkfs.ext4)`.
+    fn describe(&self) -> String {
+        let names: Vec<&str> = self.links.iter().map(|link| link.rsplit('/').next().unwrap_or(link)).collect();
+        if names.is_empty() {
+            self.path.clone()
+        } else {
+            format!("{} (also {})", self.path, names.join(", "))
+        }
     }
 }
 
@@ -148,6 +180,15 @@ struct FileRecord {
 }
 
 #[derive(Debug, Serialize)]
+struct ToolRecord {
+    #[serde(flatten)]
+    file: FileRecord,
+    /// Where it came from on the build host.
+    source: String,
+    links: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
 struct FirmwareRecord {
     found: Vec<String>,
     missing: Vec<String>,
@@ -164,6 +205,7 @@ struct BuildDescription {
     builtin_modules: Vec<String>,
     firmware: FirmwareRecord,
     binaries: Vec<FileRecord>,
+    tools: Vec<ToolRecord>,
     libraries: Vec<FileRecord>,
     ca_bundle: Option<FileRecord>,
 }
@@ -200,8 +242,16 @@ enum Category {
     Modules,
     Firmware,
     Binaries,
+    Tools,
     Libraries,
     Metadata,
+}
+
+/// What [`Contents::add_binaries`] installed.
+struct Programs {
+    binaries: Vec<FileRecord>,
+    tools: Vec<ToolRecord>,
+    libraries: Vec<FileRecord>,
 }
 
 /// The initramfs being assembled, with its content sizes.
@@ -216,6 +266,7 @@ impl Contents {
             Category::Modules => &mut self.sizes.modules,
             Category::Firmware => &mut self.sizes.firmware,
             Category::Binaries => &mut self.sizes.binaries,
+            Category::Tools => &mut self.sizes.tools,
             Category::Libraries => &mut self.sizes.libraries,
             Category::Metadata => &mut self.sizes.metadata,
         };
@@ -278,9 +329,9 @@ impl Contents {
         Ok(lookup)
     }
 
-    /// `/init`, the agent, and the shared libraries they load at the paths ldd reports (the
-    /// content of the real file when the path is a symlink).
-    fn add_binaries(&mut self, init: &Path, agent: &Path) -> Result<(Vec<FileRecord>, Vec<FileRecord>), BuildError> {
+    /// `/init`, the agent, the tools with their aliases, and the shared libraries they all load at the paths
+    /// ldd reports (the content of the real file when the path is a symlink).
+    fn add_binaries(&mut self, init: &Path, agent: &Path, tools: &[PathBuf]) -> Result<Programs, BuildError> {
         let mut binaries = Vec::new();
         let mut library_paths = BTreeSet::new();
         // The image stores paths without the leading slash.
@@ -291,6 +342,26 @@ impl Contents {
             self.add(Category::Binaries, image_path, 0o755, content)?;
             library_paths.extend(libraries::needed_by(source)?);
         }
+        // The same tool given twice (as /sbin/mkfs.ext4 and /usr/sbin/mke2fs, say) goes in once.
+        let resolved: BTreeSet<tools::Tool> =
+            tools.iter().map(|path| tools::Tool::resolve(path)).collect::<Result<_, _>>()?;
+        let mut tool_records = Vec::new();
+        for tool in &resolved {
+            let content = read(&tool.source)?;
+            let image_path = tool.image_path();
+            let mut links = Vec::new();
+            for link in tool.alias_paths() {
+                self.archive.add_symlink(&link, &tool.name).map_err(BuildError::archive(&link))?;
+                links.push(format!("/{link}"));
+            }
+            tool_records.push(ToolRecord {
+                file: file_record(&format!("/{image_path}"), &content),
+                source: tool.source.to_string_lossy().into_owned(),
+                links,
+            });
+            self.add(Category::Tools, &image_path, 0o755, content)?;
+            library_paths.extend(libraries::needed_by(&tool.source)?);
+        }
         let mut libraries = Vec::new();
         for path in &library_paths {
             let content = read(path)?;
@@ -298,7 +369,7 @@ impl Contents {
             libraries.push(file_record(&image_path, &content));
             self.add(Category::Libraries, &image_path, 0o755, content)?;
         }
-        Ok((binaries, libraries))
+        Ok(Programs { binaries, tools: tool_records, libraries })
     }
 
     /// `bundle` at [`CA_BUNDLE_PATH`], if it holds a PEM certificate (a typo'd path to a key or a DER file
@@ -362,8 +433,14 @@ fn build_with_kernel(
         opts.firmware_dir.display(),
         firmware.missing.len()
     ));
-    let (binaries, libraries) = contents.add_binaries(&opts.init, &opts.agent)?;
-    progress(&format!("binaries: {}, shared libraries: {}", binaries.len(), libraries.len()));
+    let Programs { binaries, tools, libraries } = contents.add_binaries(&opts.init, &opts.agent, &opts.tools)?;
+    progress(&format!(
+        "binaries: {}, tools: {} ({} names), shared libraries: {}",
+        binaries.len(),
+        tools.len(),
+        tools.iter().map(|tool| 1 + tool.links.len()).sum::<usize>(),
+        libraries.len()
+    ));
     contents.add_skeleton()?;
     let ca_bundle = opts.ca_bundle.as_deref().map(|bundle| contents.add_ca_bundle(bundle)).transpose()?;
 
@@ -383,6 +460,7 @@ fn build_with_kernel(
             files: firmware.files.into_iter().collect(),
         },
         binaries,
+        tools,
         libraries,
         ca_bundle,
     };
@@ -422,6 +500,11 @@ fn build_with_kernel(
         firmware_found: description.firmware.found,
         firmware_missing: description.firmware.missing,
         binaries: description.binaries.into_iter().map(|b| b.path).collect(),
+        tools: description
+            .tools
+            .into_iter()
+            .map(|tool| InstalledTool { path: tool.file.path, links: tool.links })
+            .collect(),
         libraries: description.libraries.into_iter().map(|l| l.path).collect(),
         content_bytes: contents.sizes,
     })

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use ferric_image_builder::{build, BuildOptions, KernelSource};
+use ferric_image_builder::{build, default_tools, BuildOptions, KernelSource};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Builds the Ferric ramdisk: kernel + reproducible initramfs")]
@@ -62,6 +62,14 @@ struct BuildArgs {
     /// PEM CA certificates the agent trusts for HTTPS image downloads, installed as /etc/ferric/ca-bundle.pem.
     #[arg(long, value_name = "FILE")]
     ca_bundle: Option<PathBuf>,
+    /// A host program the agent runs, installed in /usr/sbin with its shared libraries and its other names in
+    /// its host directory as symlinks (repeatable; replaces the default) [default: mke2fs if the host has it,
+    /// for ext2/3/4 ephemeral partitions].
+    #[arg(long = "tool", value_name = "PATH")]
+    tools: Vec<PathBuf>,
+    /// Install no tools, not even the default ones.
+    #[arg(long, conflicts_with = "tools")]
+    no_tools: bool,
 }
 
 impl KernelArgs {
@@ -91,6 +99,11 @@ fn main() -> anyhow::Result<()> {
         firmware_dir: args.firmware_dir,
         source_date_epoch: args.source_date_epoch,
         ca_bundle: args.ca_bundle,
+        tools: match (args.no_tools, args.tools.is_empty()) {
+            (true, _) => Vec::new(),
+            (false, true) => default_tools(),
+            (false, false) => args.tools,
+        },
     };
     let started = Instant::now();
     let mut progress = |line: &str| eprintln!("[{:6.1}s] {line}", started.elapsed().as_secs_f64());

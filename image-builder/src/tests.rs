@@ -83,6 +83,7 @@ fn options(fixture: &Fixture, out: &str) -> BuildOptions {
         firmware_dir: fixture.firmware.clone(),
         source_date_epoch: 0,
         ca_bundle: None,
+        tools: Vec::new(),
     }
 }
 
@@ -117,6 +118,7 @@ fn fake_tree_builds_reproducibly_with_the_expected_content() {
     assert_eq!(first.firmware_found, ["tigon/tg3.bin"]);
     assert_eq!(first.firmware_missing, ["tigon/missing.bin"]);
     assert_eq!(first.binaries, ["/init", "/usr/bin/ferric-agent"]);
+    assert_eq!(first.tools, [], "no tools asked for");
     assert!(first.libraries.iter().any(|l| l.ends_with("/libc.so.6")), "{:?}", first.libraries);
     assert_eq!(first.content_bytes.firmware, b"tg3 firmware".len() as u64);
 
@@ -162,6 +164,8 @@ fn fake_tree_builds_reproducibly_with_the_expected_content() {
     }
 
     assert_eq!(description["kernel_release"], RELEASE);
+    assert_eq!(description["tools"], serde_json::json!([]));
+    assert!(!root.join(TOOLS_DIR).exists());
     assert!(description["ca_bundle"].is_null() && !root.join(CA_BUNDLE_PATH).exists());
     assert_eq!(description["firmware"]["missing"][0], "tigon/missing.bin");
     let init_hash = sha256_hex(&fs::read("/bin/busybox").unwrap());
@@ -277,4 +281,73 @@ fn ca_bundle_without_a_certificate_is_refused() {
         assert_eq!(err.to_string(), format!("{message} {}", bundle.display()));
         assert!(!opts.out_dir.exists(), "{err}");
     }
+}
+
+#[test]
+fn tools_come_with_their_other_names_and_libraries_and_run_from_the_image_alone() {
+    let fixture = fixture();
+    let host_mke2fs = default_tools().into_iter().next().expect("e2fsprogs is installed on the build host");
+    // A host directory shaped like Debian's /usr/sbin: mke2fs, mkfs.ext3/4 linking to it, an unrelated program.
+    let sbin = fixture.base.join("host/sbin");
+    fs::create_dir_all(&sbin).unwrap();
+    fs::copy(&host_mke2fs, sbin.join("mke2fs")).unwrap();
+    for alias in ["mkfs.ext3", "mkfs.ext4"] {
+        std::os::unix::fs::symlink("mke2fs", sbin.join(alias)).unwrap();
+    }
+    fs::copy("/bin/true", sbin.join("other")).unwrap();
+    // The same tool twice, by two of its names, goes in once.
+    let opts = BuildOptions { tools: vec![sbin.join("mkfs.ext4"), sbin.join("mke2fs")], ..options(&fixture, "out") };
+    let report = build_from_tree(&fixture, &opts, &mut |_| {}).unwrap();
+
+    let links = ["/usr/sbin/mkfs.ext3", "/usr/sbin/mkfs.ext4"].map(String::from).to_vec();
+    assert_eq!(report.tools, [InstalledTool { path: "/usr/sbin/mke2fs".to_string(), links: links.clone() }]);
+    let mke2fs = fs::read(&host_mke2fs).unwrap();
+    assert_eq!(report.content_bytes.tools, mke2fs.len() as u64);
+    assert!(report.libraries.iter().any(|l| l.ends_with("/libext2fs.so.2")), "{:?}", report.libraries);
+    let summary = report.summary();
+    assert!(summary.contains("\ntools           /usr/sbin/mke2fs (also mkfs.ext3, mkfs.ext4)\n"), "{summary}");
+
+    let root = fixture.base.join("unpacked");
+    extract(&report.initramfs, &root);
+    let installed = root.join("usr/sbin/mke2fs");
+    assert_eq!(fs::read(&installed).unwrap(), mke2fs);
+    assert_eq!(fs::metadata(&installed).unwrap().permissions().mode() & 0o7777, 0o755);
+    for link in &links {
+        assert_eq!(fs::read_link(root.join(link.trim_start_matches('/'))).unwrap(), Path::new("mke2fs"), "{link}");
+    }
+    assert!(!root.join("usr/sbin/other").exists());
+    let description: serde_json::Value =
+        serde_json::from_slice(&fs::read(root.join(BUILD_DESCRIPTION_PATH)).unwrap()).unwrap();
+    let record = &description["tools"][0];
+    assert_eq!(record["path"], "/usr/sbin/mke2fs");
+    assert_eq!(record["sha256"], sha256_hex(&mke2fs).as_str());
+    assert_eq!(record["source"], fs::canonicalize(sbin.join("mke2fs")).unwrap().to_str().unwrap());
+    assert_eq!(record["links"], serde_json::json!(links));
+    assert_eq!(description["tools"].as_array().unwrap().len(), 1);
+
+    // Only what the image holds: each name makes its file system type, as the agent runs it.
+    for (name, fs_type) in [("mkfs.ext3", "ext3"), ("mkfs.ext4", "ext4")] {
+        let disk = root.join(format!("{fs_type}.img"));
+        fs::write(&disk, vec![0u8; 8 << 20]).unwrap();
+        let mut mkfs = Command::new("chroot");
+        mkfs.arg(&root).arg(format!("/usr/sbin/{name}")).args(["-F", "-q", "-L", "ephemeral0"]);
+        mkfs.arg(format!("/{fs_type}.img"));
+        ferric_runner::run(format!("{name} inside the unpacked image"), &mut mkfs).unwrap();
+        let mut blkid = Command::new("blkid");
+        blkid.args(["-p", "-o", "export"]).arg(&disk);
+        let probed = ferric_runner::run("probe the file system", &mut blkid).unwrap().stdout;
+        assert!(probed.lines().any(|l| l == format!("TYPE={fs_type}")), "{name}: {probed}");
+        assert!(probed.lines().any(|l| l == "LABEL=ephemeral0"), "{name}: {probed}");
+    }
+}
+
+#[test]
+fn missing_tool_fails_naming_it_without_leaving_output() {
+    let fixture = fixture();
+    let missing = fixture.base.join("host/sbin/mke2fs");
+    let opts = BuildOptions { tools: vec![missing.clone()], ..options(&fixture, "out") };
+    let err = build_from_tree(&fixture, &opts, &mut |_| {}).unwrap_err();
+    assert!(matches!(&err, BuildError::MissingTool { path, .. } if *path == missing), "{err}");
+    assert_eq!(err.to_string(), format!("tool {} is not a program on the build host", missing.display()));
+    assert!(!opts.out_dir.exists(), "{err}");
 }

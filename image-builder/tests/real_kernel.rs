@@ -4,7 +4,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ferric_image_builder::{build, newest_cached_package, BuildOptions, BuildReport, KernelSource, REQUIRED_MODULES};
+use ferric_image_builder::{
+    build, default_tools, newest_cached_package, BuildOptions, BuildReport, KernelSource, REQUIRED_MODULES,
+};
 use ferric_init::modindex::ModuleIndex;
 
 /// Upper bound for vmlinuz + compressed initramfs: what we are willing to push over iPXE.
@@ -33,6 +35,7 @@ fn build_into(out_dir: PathBuf, kernel: KernelSource) -> BuildReport {
         firmware_dir: PathBuf::from("/lib/firmware"),
         source_date_epoch: 0,
         ca_bundle: None,
+        tools: default_tools(),
     };
     build(&opts, &mut |line| eprintln!("{line}")).unwrap()
 }
@@ -84,12 +87,19 @@ fn real_kernel_ramdisk_is_reproducible_complete_and_small() {
         "dev/console".to_string(),
         "dev/null".to_string(),
         "etc/ferric/build.json".to_string(),
+        // What the agent runs to make ext2/3/4 ephemeral file systems.
+        "usr/sbin/mke2fs".to_string(),
+        "usr/sbin/mkfs.ext2".to_string(),
+        "usr/sbin/mkfs.ext3".to_string(),
+        "usr/sbin/mkfs.ext4".to_string(),
     ] {
         assert!(has(&wanted), "{wanted} missing from the initramfs");
     }
     let libc = first.libraries.iter().find(|l| l.ends_with("/libc.so.6")).expect("agent /bin/true links libc");
     assert!(has(libc.trim_start_matches('/')), "{libc} missing from the initramfs");
     assert!(first.libraries.iter().any(|l| has(l.trim_start_matches('/')) && l.contains("ld-linux")));
+    let libext2fs = first.libraries.iter().find(|l| l.ends_with("/libext2fs.so.2")).expect("mke2fs links libext2fs");
+    assert!(has(libext2fs.trim_start_matches('/')), "{libext2fs} missing from the initramfs");
 
     // Every module file init's index points to for a required module must be in the image.
     let indices = dir.path().join("indices");

@@ -69,6 +69,8 @@ pub fn build_ramdisk(out_dir: &Path) -> Result<RamdiskPaths, RamdiskError> {
         firmware_dir: PathBuf::from(FIRMWARE_DIR),
         source_date_epoch: SOURCE_DATE_EPOCH,
         ca_bundle: None,
+        // mke2fs: the agent formats ext2/3/4 ephemeral partitions with it.
+        tools: ferric_image_builder::default_tools(),
     };
     let report = ferric_image_builder::build(&options, &mut |step| tracing::info!("ramdisk: {step}"))
         .map_err(|source| RamdiskError::Build { out_dir: out_dir.to_path_buf(), source: Box::new(source) })?;

@@ -5,7 +5,8 @@
 //! - a qcow2 with compressed clusters, with a config drive given as JSON in the provision request: the
 //!   deployed test OS prints a value it read from `meta_data.json` on the config-2 partition;
 //! - a partition image (an ext4 root file system) under UEFI: the VM boots through the boot entry the
-//!   agent created, not the removable-media fallback, and the disk is laid out as asked;
+//!   agent created, not the removable-media fallback, and the disk is laid out as asked, with an ext4
+//!   ephemeral partition made by the ramdisk's mkfs.ext4;
 //! - a zstd-compressed raw image larger than the VM's 512 MiB of RAM, written byte for byte;
 //! - a download that the image server cuts once, mid-file, resumed with a Range request.
 //!
@@ -16,6 +17,7 @@
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use ferric_tests::images::{self, GptPartition};
@@ -149,6 +151,8 @@ fn partition_image_boots_through_the_agents_uefi_boot_entry() {
         .with("image_type", json!("partition"))
         .with("root_gb", json!(1))
         .with("swap_mb", json!(64))
+        .with("ephemeral_mb", json!(64))
+        .with("ephemeral_format", json!("ext4"))
         .with("deploy_boot_mode", json!("uefi"));
     let outcome = ok(ipmi.deploy_and_boot_with(&request, &budget));
     print_timing("partition_uefi", &outcome);
@@ -167,17 +171,24 @@ fn partition_image_boots_through_the_agents_uefi_boot_entry() {
     let bds_lines: Vec<&str> = serial.lines().filter(|line| line.contains("BdsDxe:")).collect();
     assert!(loaded("loading") && loaded("starting"), "OVMF did not boot the agent's entry: {bds_lines:#?}");
 
-    // QEMU has exited: ESP first, then swap, root last, sized as asked.
+    // QEMU has exited: IPA's order (ESP, ephemeral, swap, root last), sized as asked.
     let partitions = ok(images::gpt_partitions(&env.disk));
     let codes: Vec<&str> = partitions.iter().map(|p| p.type_code.as_str()).collect();
-    assert_eq!(codes.len(), 3, "{partitions:#?}");
-    assert_eq!(&codes[..2], ["EF00", "8200"], "{partitions:#?}");
-    assert!(["8300", "8304"].contains(&codes[2]), "root is not a Linux partition: {partitions:#?}");
-    let (esp, swap, root_partition) = (&partitions[0], &partitions[1], &partitions[2]);
-    assert!(esp.last_lba < swap.first_lba && swap.last_lba < root_partition.first_lba, "{partitions:#?}");
+    assert_eq!(codes.len(), 4, "{partitions:#?}");
+    assert_eq!(&codes[..3], ["EF00", "8300", "8200"], "{partitions:#?}");
+    assert!(["8300", "8304"].contains(&codes[3]), "root is not a Linux partition: {partitions:#?}");
+    let [esp, ephemeral, swap, root_partition] = [0, 1, 2, 3].map(|index| &partitions[index]);
+    assert!(
+        esp.last_lba < ephemeral.first_lba
+            && ephemeral.last_lba < swap.first_lba
+            && swap.last_lba < root_partition.first_lba,
+        "{partitions:#?}"
+    );
+    assert_eq!((ephemeral.name.as_str(), ephemeral.size_bytes()), ("ephemeral0", 64 * MIB), "{ephemeral:?}");
     assert_eq!(swap.size_bytes(), 64 * MIB, "{swap:?}");
     assert_eq!(root_partition.size_bytes(), 1024 * MIB, "{root_partition:?}");
     check_swap_signature(&env.disk, swap);
+    check_ephemeral_ext4(&env.disk, ephemeral);
 
     // The ESP holds the loader copied from the root file system, and no fallback loader.
     let paths: Vec<String> = ok(images::fat_paths(&env.disk, esp.offset())).iter().map(|p| p.to_lowercase()).collect();
@@ -202,6 +213,28 @@ fn check_swap_signature(disk_path: &Path, swap: &GptPartition) {
     let mut signature = [0u8; 10];
     file.read_exact(&mut signature).unwrap();
     assert_eq!(&signature, b"SWAPSPACE2", "no swap signature in {swap:?}");
+}
+
+/// The ephemeral partition holds an ext4 file system labelled ephemeral0 (what the ramdisk's mkfs.ext4
+/// makes; blkid tells ext4 from ext2/3 by its features) that fills the partition exactly: the superblock's
+/// block count times block size (`s_blocks_count_lo` at 4, `s_log_block_size` at 24) is the partition size.
+fn check_ephemeral_ext4(disk_path: &Path, ephemeral: &GptPartition) {
+    let mut blkid = Command::new("blkid");
+    blkid.args(["-p", "-o", "export", "-O"]).arg(ephemeral.offset().to_string()).arg(disk_path);
+    let probed = ok(ferric_runner::run("probe the ephemeral partition", &mut blkid)).stdout;
+    for wanted in ["TYPE=ext4", "LABEL=ephemeral0"] {
+        assert!(probed.lines().any(|line| line == wanted), "{wanted} not in blkid's report: {probed}");
+    }
+    let mut file = fs::File::open(disk_path).unwrap();
+    file.seek(SeekFrom::Start(ephemeral.offset() + 1024)).unwrap();
+    let mut superblock = [0u8; 1024];
+    file.read_exact(&mut superblock).unwrap();
+    let field = |at: usize| u32::from_le_bytes(superblock[at..at + 4].try_into().unwrap());
+    assert_eq!(
+        u64::from(field(4)) * (1024 << field(24)),
+        ephemeral.size_bytes(),
+        "ext4 size differs from {ephemeral:?}"
+    );
 }
 
 #[test]
