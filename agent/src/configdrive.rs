@@ -7,6 +7,12 @@ use std::io::{self, Read};
 use base64::Engine;
 use serde_json::{Map, Value};
 
+use crate::disklabel::{
+    self, DiskLabel, DiskLabelError, Gpt, LabelKind, PartUuid, Partition, PartitionType, GPT_ALTERNATE_LBA,
+    GPT_ENTRIES_CRC, GPT_ENTRIES_LBA, GPT_ENTRY_FIRST_LBA, GPT_ENTRY_GUID, GPT_ENTRY_LAST_LBA, GPT_ENTRY_NAME,
+    GPT_ENTRY_TYPE, GPT_HEADER_CRC, GPT_LAST_USABLE, GPT_MY_LBA, MBR_ENTRIES_OFFSET, MBR_ENTRY_SIZE, MBR_SECTOR,
+    MBR_TYPE_PROTECTIVE,
+};
 use crate::download::{self, DownloadError};
 use crate::iso9660;
 use crate::target::Target;
@@ -25,27 +31,8 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const LINUX_FILESYSTEM_GUID: uuid::Uuid = uuid::uuid!("0fc63daf-8483-4772-8e79-3d69d8477de4");
 /// MBR partition type of the added partition: Linux.
 const MBR_TYPE_LINUX: u8 = 0x83;
-const MBR_TYPE_PROTECTIVE: u8 = 0xEE;
-const MBR_EXTENDED_TYPES: [u8; 3] = [0x05, 0x0F, 0x85];
-/// MBR partitions are addressed in 512-byte sectors here (4K-sector disks with MBR are not handled).
-const MBR_SECTOR: u64 = 512;
 /// On MBR disks over 2 TiB the config drive ends 1 MiB below 2 TiB, where MBR can still address it (IPA's rule).
 const MBR_ADDRESSABLE_END: u64 = (2 << 40) - MIB;
-const GPT_SIGNATURE: &[u8; 8] = b"EFI PART";
-/// GPT header fields used (byte offsets).
-const GPT_HEADER_SIZE: usize = 12;
-const GPT_HEADER_CRC: usize = 16;
-const GPT_MY_LBA: usize = 24;
-const GPT_ALTERNATE_LBA: usize = 32;
-const GPT_FIRST_USABLE: usize = 40;
-const GPT_LAST_USABLE: usize = 48;
-const GPT_ENTRIES_LBA: usize = 72;
-const GPT_ENTRY_COUNT: usize = 80;
-const GPT_ENTRY_SIZE: usize = 84;
-const GPT_ENTRIES_CRC: usize = 88;
-/// GPT partition names are 36 UTF-16LE code units at byte 56 of an entry.
-const GPT_NAME_OFFSET: usize = 56;
-const GPT_NAME_UNITS: usize = 36;
 
 /// The partition the config drive was written to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,9 +87,9 @@ pub enum ConfigDriveError {
         #[source]
         source: io::Error,
     },
-    #[error("{device} has no partition table (no MBR boot signature), so no config drive partition can be added")]
-    NoPartitionTable { device: String },
-    #[error("{device} has an invalid GPT: {reason}")]
+    #[error(transparent)]
+    Label(#[from] DiskLabelError),
+    #[error("the GPT of {device} cannot be extended to the end of the disk: {reason}")]
     InvalidGpt { device: String, reason: String },
     #[error("{device} has several config-2 partitions (numbers {numbers:?}); at most one is allowed")]
     SeveralConfigDrives { device: String, numbers: Vec<u32> },
@@ -243,17 +230,14 @@ fn json_kind(value: &Value) -> &'static str {
 /// usually smaller than the disk), as `sgdisk -e` would. Nothing is written when a check fails.
 pub fn write_to_whole_disk(target: &mut dyn Target, image: &[u8]) -> Result<ConfigDrivePartition, ConfigDriveError> {
     check_size(image.len() as u64)?;
+    let DiskLabel { kind, sector_size, partitions, mbr } = disklabel::read(&mut *target)?;
     let mut disk = Disk { target };
-    let mbr = disk.read(0, MBR_SECTOR as usize, "the MBR")?;
-    if mbr[510..512] != [0x55, 0xAA] {
-        return Err(ConfigDriveError::NoPartitionTable { device: disk.name() });
-    }
-    let partition = if mbr_entries(&mbr).iter().any(|entry| entry.kind == MBR_TYPE_PROTECTIVE) {
-        write_gpt(&mut disk, mbr, image)?
-    } else {
-        write_mbr(&mut disk, mbr, image)?
+    let partition = match kind {
+        LabelKind::Gpt(gpt) => write_gpt(&mut disk, gpt, sector_size, &partitions, mbr, image)?,
+        LabelKind::Mbr { disk_id } => write_mbr(&mut disk, disk_id, &partitions, mbr, image)?,
     };
     disk.target.sync().map_err(|source| ConfigDriveError::Sync { device: disk.name(), source })?;
+    let partition = ConfigDrivePartition::from(partition);
     tracing::info!(
         device = %disk.name(),
         number = partition.number,
@@ -300,30 +284,19 @@ impl Disk<'_> {
     }
 }
 
-/// A partition already on the disk.
-#[derive(Debug, Clone)]
-struct Existing {
-    number: u32,
-    start: u64,
-    size: u64,
-    uuid: String,
-    /// GPT partition name; MBR partitions have none.
-    name: Option<String>,
-}
-
-impl From<Existing> for ConfigDrivePartition {
-    fn from(partition: Existing) -> Self {
+impl From<Partition> for ConfigDrivePartition {
+    fn from(partition: Partition) -> Self {
         ConfigDrivePartition {
             number: partition.number,
             start: partition.start,
             size: partition.size,
-            uuid: partition.uuid,
+            uuid: partition.uuid.to_string(),
         }
     }
 }
 
 /// The one partition named `config-2` or holding a filesystem labelled so (case-insensitive, as IPA).
-fn find_config_drive(disk: &mut Disk<'_>, partitions: &[Existing]) -> Result<Option<Existing>, ConfigDriveError> {
+fn find_config_drive(disk: &mut Disk<'_>, partitions: &[Partition]) -> Result<Option<Partition>, ConfigDriveError> {
     let mut found = Vec::new();
     for partition in partitions {
         let named = partition.name.as_deref().is_some_and(|name| name.eq_ignore_ascii_case(LABEL));
@@ -338,8 +311,9 @@ fn find_config_drive(disk: &mut Disk<'_>, partitions: &[Existing]) -> Result<Opt
     Ok(found.pop())
 }
 
-/// The ISO 9660 volume identifier or the VFAT boot-sector label of a partition's contents.
-fn filesystem_label(disk: &mut Disk<'_>, partition: &Existing) -> Result<Option<String>, ConfigDriveError> {
+/// The ISO 9660 volume identifier or the VFAT boot-sector label of a partition's contents (which lies
+/// inside the disk, so offsets within it do not overflow).
+fn filesystem_label(disk: &mut Disk<'_>, partition: &Partition) -> Result<Option<String>, ConfigDriveError> {
     let text = |bytes: &[u8]| Some(String::from_utf8_lossy(bytes).trim_end_matches([' ', '\0']).to_owned());
     let descriptor_offset = iso9660::MAGIC_OFFSET as u64 - 1;
     if partition.size >= descriptor_offset + iso9660::SECTOR as u64 {
@@ -372,7 +346,7 @@ fn place_at_end(disk: &Disk<'_>, bytes: u64, used_end: u64, end: u64) -> Result<
     }
 }
 
-fn write_image_into(disk: &mut Disk<'_>, partition: &Existing, image: &[u8]) -> Result<(), ConfigDriveError> {
+fn write_image_into(disk: &mut Disk<'_>, partition: &Partition, image: &[u8]) -> Result<(), ConfigDriveError> {
     if (image.len() as u64) > partition.size {
         return Err(ConfigDriveError::PartitionTooSmall {
             device: disk.name(),
@@ -386,48 +360,18 @@ fn write_image_into(disk: &mut Disk<'_>, partition: &Existing, image: &[u8]) -> 
 
 // ---- MBR ----
 
-#[derive(Debug, Clone, Copy)]
-struct MbrEntry {
-    kind: u8,
-    start_lba: u32,
-    sectors: u32,
-}
-
-impl MbrEntry {
-    fn is_used(&self) -> bool {
-        self.kind != 0 && self.sectors != 0
-    }
-}
-
-/// The four primary entries of an MBR (or of an extended boot record).
-fn mbr_entries(sector: &[u8]) -> [MbrEntry; 4] {
-    std::array::from_fn(|index| {
-        let entry = &sector[446 + 16 * index..446 + 16 * (index + 1)];
-        MbrEntry { kind: entry[4], start_lba: le_u32(&entry[8..12]), sectors: le_u32(&entry[12..16]) }
-    })
-}
-
-fn write_mbr(disk: &mut Disk<'_>, mut mbr: Vec<u8>, image: &[u8]) -> Result<ConfigDrivePartition, ConfigDriveError> {
-    let signature = le_u32(&mbr[440..444]);
-    let partuuid = |number: u32| format!("{signature:08x}-{number:02x}");
-    let primaries = mbr_entries(&mbr);
-    let mut existing = Vec::new();
-    for (index, entry) in primaries.iter().enumerate().filter(|(_, entry)| entry.is_used()) {
-        if MBR_EXTENDED_TYPES.contains(&entry.kind) {
-            existing.extend(logical_partitions(disk, entry)?);
-        } else {
-            let number = index as u32 + 1;
-            let (start, size) = (entry.start_lba as u64 * MBR_SECTOR, entry.sectors as u64 * MBR_SECTOR);
-            existing.push(Existing { number, start, size, uuid: String::new(), name: None });
-        }
-    }
-    for partition in &mut existing {
-        partition.uuid = partuuid(partition.number);
-    }
-    if let Some(partition) = find_config_drive(disk, &existing)? {
+fn write_mbr(
+    disk: &mut Disk<'_>,
+    disk_id: u32,
+    partitions: &[Partition],
+    mut mbr: [u8; 512],
+    image: &[u8],
+) -> Result<Partition, ConfigDriveError> {
+    if let Some(partition) = find_config_drive(disk, partitions)? {
         write_image_into(disk, &partition, image)?;
-        return Ok(partition.into());
+        return Ok(partition);
     }
+    let primaries = disklabel::mbr_entries(&mbr);
     let Some(slot) = primaries.iter().position(|entry| !entry.is_used()) else {
         return Err(ConfigDriveError::NoFreePrimarySlot { device: disk.name() });
     };
@@ -439,7 +383,7 @@ fn write_mbr(disk: &mut Disk<'_>, mut mbr: Vec<u8>, image: &[u8]) -> Result<Conf
         let overlapping = primaries
             .iter()
             .filter(|entry| entry.is_used())
-            .map(|entry| (entry.start_lba as u64 + entry.sectors as u64) * MBR_SECTOR)
+            .map(|entry| entry.end_lba() * MBR_SECTOR)
             .filter(|entry_end| *entry_end > start)
             .max();
         match overlapping {
@@ -448,200 +392,82 @@ fn write_mbr(disk: &mut Disk<'_>, mut mbr: Vec<u8>, image: &[u8]) -> Result<Conf
         }
     };
     let number = slot as u32 + 1;
-    let partition = Existing { number, start, size, uuid: partuuid(number), name: None };
+    let partition = Partition {
+        number,
+        start,
+        size,
+        kind: PartitionType::Mbr(MBR_TYPE_LINUX),
+        uuid: PartUuid::Mbr { disk_id, number },
+        name: None,
+    };
     write_image_into(disk, &partition, image)?;
     let (first, sectors) = (start / MBR_SECTOR, size / MBR_SECTOR);
-    let entry = &mut mbr[446 + 16 * slot..446 + 16 * (slot + 1)];
+    let entry = &mut mbr[MBR_ENTRIES_OFFSET + MBR_ENTRY_SIZE * slot..][..MBR_ENTRY_SIZE];
     entry[0] = 0;
-    entry[1..4].copy_from_slice(&chs(first));
+    entry[1..4].copy_from_slice(&disklabel::chs(first));
     entry[4] = MBR_TYPE_LINUX;
-    entry[5..8].copy_from_slice(&chs(first + sectors - 1));
+    entry[5..8].copy_from_slice(&disklabel::chs(first + sectors - 1));
     entry[8..12].copy_from_slice(&(first as u32).to_le_bytes());
     entry[12..16].copy_from_slice(&(sectors as u32).to_le_bytes());
     disk.write(0, &mbr, "the MBR")?;
-    Ok(partition.into())
-}
-
-/// The logical partitions in an extended partition (numbered from 5), following its chain of
-/// extended boot records.
-fn logical_partitions(disk: &mut Disk<'_>, extended: &MbrEntry) -> Result<Vec<Existing>, ConfigDriveError> {
-    const MAX_LOGICAL: u32 = 128;
-    let mut found = Vec::new();
-    let mut record_lba = extended.start_lba as u64;
-    for number in 5..5 + MAX_LOGICAL {
-        let record = disk.read(record_lba * MBR_SECTOR, MBR_SECTOR as usize, "an extended boot record")?;
-        if record[510..512] != [0x55, 0xAA] {
-            break;
-        }
-        let [logical, next, ..] = mbr_entries(&record);
-        if logical.is_used() {
-            let start = (record_lba + logical.start_lba as u64) * MBR_SECTOR;
-            let size = logical.sectors as u64 * MBR_SECTOR;
-            found.push(Existing { number, start, size, uuid: String::new(), name: None });
-        }
-        if !next.is_used() || !MBR_EXTENDED_TYPES.contains(&next.kind) {
-            break;
-        }
-        record_lba = extended.start_lba as u64 + next.start_lba as u64;
-    }
-    Ok(found)
-}
-
-/// The CHS address of `lba` in the usual 255-head, 63-sector geometry; beyond cylinder 1023 the
-/// "use LBA" marker (1023/254/63), as fdisk writes.
-fn chs(lba: u64) -> [u8; 3] {
-    const HEADS: u64 = 255;
-    const SECTORS: u64 = 63;
-    let cylinder = lba / (HEADS * SECTORS);
-    if cylinder > 1023 {
-        return [0xFE, 0xFF, 0xFF];
-    }
-    let head = (lba / SECTORS) % HEADS;
-    let sector = lba % SECTORS + 1;
-    [head as u8, (sector as u8) | (((cylinder >> 8) as u8) << 6), cylinder as u8]
+    Ok(partition)
 }
 
 // ---- GPT ----
 
-/// A GPT as read from the primary header and its entries.
-struct Gpt {
+/// LBAs of the backup entries and header at the end of a disk of `disk_bytes`, and the last usable LBA.
+fn end_layout(gpt: &Gpt, sector: u64, disk_bytes: u64) -> Option<(u64, u64, u64)> {
+    let backup_lba = (disk_bytes / sector).checked_sub(1)?;
+    let backup_entries_lba = backup_lba.checked_sub((gpt.entries.len() as u64).div_ceil(sector))?;
+    let last_usable = backup_entries_lba.checked_sub(1)?;
+    Some((backup_lba, backup_entries_lba, last_usable))
+}
+
+/// Writes both copies of `gpt` with the backup at the end of the disk: the backup first, the primary
+/// header last, so an interruption leaves the old primary in place. The primary entries stay where
+/// [`disklabel::read`] found them, inside the disk.
+fn write_gpt_copies(disk: &mut Disk<'_>, gpt: &Gpt, sector: u64) -> Result<(), ConfigDriveError> {
+    let (backup_lba, backup_entries_lba, last_usable) = end_layout(gpt, sector, disk.size()).ok_or_else(|| {
+        ConfigDriveError::InvalidGpt { device: disk.name(), reason: "disk too small for a GPT".to_owned() }
+    })?;
+    let mut primary = gpt.header.clone();
+    put_u64(&mut primary, GPT_ALTERNATE_LBA, backup_lba);
+    put_u64(&mut primary, GPT_LAST_USABLE, last_usable);
+    put_u32(&mut primary, GPT_ENTRIES_CRC, disklabel::crc32(&gpt.entries));
+    let mut backup = primary.clone();
+    put_u64(&mut backup, GPT_MY_LBA, backup_lba);
+    put_u64(&mut backup, GPT_ALTERNATE_LBA, 1);
+    put_u64(&mut backup, GPT_ENTRIES_LBA, backup_entries_lba);
+    let sealed = |mut header: Vec<u8>| {
+        let crc = disklabel::gpt_header_crc(&header);
+        put_u32(&mut header, GPT_HEADER_CRC, crc);
+        header.resize(sector as usize, 0);
+        header
+    };
+    disk.write(backup_entries_lba * sector, &gpt.entries, "the backup GPT entries")?;
+    disk.write(backup_lba * sector, &sealed(backup), "the backup GPT header")?;
+    disk.write(gpt.entries_lba * sector, &gpt.entries, "the GPT entries")?;
+    disk.write(sector, &sealed(primary), "the GPT header")
+}
+
+fn write_gpt(
+    disk: &mut Disk<'_>,
+    mut gpt: Gpt,
     sector: u64,
-    /// The primary header (its declared size).
-    header: Vec<u8>,
-    entries: Vec<u8>,
-    entry_size: usize,
-}
-
-impl Gpt {
-    fn read(disk: &mut Disk<'_>) -> Result<Gpt, ConfigDriveError> {
-        let invalid = |disk: &Disk<'_>, reason: String| ConfigDriveError::InvalidGpt { device: disk.name(), reason };
-        let mut found = None;
-        // 512-byte sectors, else 4K-native.
-        for sector in [512u64, 4096] {
-            if disk.size() >= 2 * sector {
-                let bytes = disk.read(sector, sector as usize, "the GPT header")?;
-                if bytes.starts_with(GPT_SIGNATURE) {
-                    found = Some((sector, bytes));
-                    break;
-                }
-            }
-        }
-        let Some((sector, bytes)) = found else {
-            return Err(invalid(disk, "protective MBR but no GPT header at LBA 1".to_owned()));
-        };
-        let header_size = le_u32(&bytes[GPT_HEADER_SIZE..]) as usize;
-        if !(92..=sector as usize).contains(&header_size) {
-            return Err(invalid(disk, format!("header size {header_size}")));
-        }
-        let header = bytes[..header_size].to_vec();
-        if header_crc(&header) != le_u32(&header[GPT_HEADER_CRC..]) {
-            return Err(invalid(disk, "primary header CRC mismatch".to_owned()));
-        }
-        if le_u64(&header[GPT_MY_LBA..]) != 1 {
-            return Err(invalid(disk, "primary header does not say it is at LBA 1".to_owned()));
-        }
-        let entry_size = le_u32(&header[GPT_ENTRY_SIZE..]) as usize;
-        let entry_count = le_u32(&header[GPT_ENTRY_COUNT..]) as usize;
-        let entries_bytes = entry_size.saturating_mul(entry_count);
-        if entry_size < 128 || !entry_size.is_multiple_of(128) || entry_count == 0 || entries_bytes > 4 << 20 {
-            return Err(invalid(disk, format!("{entry_count} partition entries of {entry_size} bytes")));
-        }
-        let entries_lba = le_u64(&header[GPT_ENTRIES_LBA..]);
-        let first_usable = le_u64(&header[GPT_FIRST_USABLE..]);
-        if entries_lba < 2 || entries_lba + (entries_bytes as u64).div_ceil(sector) > first_usable {
-            return Err(invalid(disk, format!("entries at LBA {entries_lba} overlap the first usable LBA")));
-        }
-        let entries = disk.read(entries_lba * sector, entries_bytes, "the GPT partition entries")?;
-        if crc32(&entries) != le_u32(&header[GPT_ENTRIES_CRC..]) {
-            return Err(invalid(disk, "partition entries CRC mismatch".to_owned()));
-        }
-        Ok(Gpt { sector, header, entries, entry_size })
-    }
-
-    fn entry(&self, index: usize) -> &[u8] {
-        &self.entries[index * self.entry_size..(index + 1) * self.entry_size]
-    }
-
-    fn entry_count(&self) -> usize {
-        self.entries.len() / self.entry_size
-    }
-
-    fn is_used(&self, index: usize) -> bool {
-        self.entry(index)[..16].iter().any(|byte| *byte != 0)
-    }
-
-    fn partition(&self, index: usize) -> Existing {
-        let entry = self.entry(index);
-        let (first, last) = (le_u64(&entry[32..]), le_u64(&entry[40..]));
-        let units: Vec<u16> = entry[GPT_NAME_OFFSET..GPT_NAME_OFFSET + 2 * GPT_NAME_UNITS]
-            .chunks_exact(2)
-            .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
-            .take_while(|unit| *unit != 0)
-            .collect();
-        Existing {
-            number: index as u32 + 1,
-            start: first * self.sector,
-            size: (last + 1).saturating_sub(first) * self.sector,
-            uuid: guid_at(entry, 16).to_string(),
-            name: Some(String::from_utf16_lossy(&units)),
-        }
-    }
-
-    fn used_partitions(&self) -> Vec<Existing> {
-        (0..self.entry_count()).filter(|index| self.is_used(*index)).map(|index| self.partition(index)).collect()
-    }
-
-    /// LBAs of the backup entries and header at the end of a disk of `disk_bytes`, and the last usable LBA.
-    fn end_layout(&self, disk_bytes: u64) -> Option<(u64, u64, u64)> {
-        let backup_lba = (disk_bytes / self.sector).checked_sub(1)?;
-        let backup_entries_lba = backup_lba.checked_sub((self.entries.len() as u64).div_ceil(self.sector))?;
-        let last_usable = backup_entries_lba.checked_sub(1)?;
-        Some((backup_lba, backup_entries_lba, last_usable))
-    }
-
-    /// Writes both copies with the backup at the end of the disk: the backup first, the primary
-    /// header last, so an interruption leaves the old primary in place.
-    fn write(&self, disk: &mut Disk<'_>) -> Result<(), ConfigDriveError> {
-        let (backup_lba, backup_entries_lba, last_usable) = self.end_layout(disk.size()).ok_or_else(|| {
-            ConfigDriveError::InvalidGpt { device: disk.name(), reason: "disk too small for a GPT".to_owned() }
-        })?;
-        let entries_crc = crc32(&self.entries);
-        let mut primary = self.header.clone();
-        put_u64(&mut primary, GPT_ALTERNATE_LBA, backup_lba);
-        put_u64(&mut primary, GPT_LAST_USABLE, last_usable);
-        put_u32(&mut primary, GPT_ENTRIES_CRC, entries_crc);
-        let mut backup = primary.clone();
-        put_u64(&mut backup, GPT_MY_LBA, backup_lba);
-        put_u64(&mut backup, GPT_ALTERNATE_LBA, 1);
-        put_u64(&mut backup, GPT_ENTRIES_LBA, backup_entries_lba);
-        let sector = self.sector;
-        let sealed = |mut header: Vec<u8>| {
-            let crc = header_crc(&header);
-            put_u32(&mut header, GPT_HEADER_CRC, crc);
-            header.resize(sector as usize, 0);
-            header
-        };
-        let primary_entries_lba = le_u64(&primary[GPT_ENTRIES_LBA..]);
-        disk.write(backup_entries_lba * sector, &self.entries, "the backup GPT entries")?;
-        disk.write(backup_lba * sector, &sealed(backup), "the backup GPT header")?;
-        disk.write(primary_entries_lba * sector, &self.entries, "the GPT entries")?;
-        disk.write(sector, &sealed(primary), "the GPT header")
-    }
-}
-
-fn write_gpt(disk: &mut Disk<'_>, mut mbr: Vec<u8>, image: &[u8]) -> Result<ConfigDrivePartition, ConfigDriveError> {
-    let mut gpt = Gpt::read(disk)?;
-    let Some((_, _, last_usable)) = gpt.end_layout(disk.size()) else {
+    partitions: &[Partition],
+    mut mbr: [u8; 512],
+    image: &[u8],
+) -> Result<Partition, ConfigDriveError> {
+    let Some((_, _, last_usable)) = end_layout(&gpt, sector, disk.size()) else {
         return Err(ConfigDriveError::InvalidGpt { device: disk.name(), reason: "disk too small".to_owned() });
     };
-    let existing = gpt.used_partitions();
-    if let Some(beyond) =
-        existing.iter().find(|partition| partition.start + partition.size > (last_usable + 1) * gpt.sector)
-    {
+    // Derived from the disk's size, not from the table: no overflow.
+    let usable_end = (last_usable + 1) * sector;
+    if let Some(beyond) = partitions.iter().find(|partition| partition.end() > usable_end) {
         let reason = format!("partition {} ends past the last usable byte of the disk", beyond.number);
         return Err(ConfigDriveError::InvalidGpt { device: disk.name(), reason });
     }
-    let partition = match find_config_drive(disk, &existing)? {
+    let partition = match find_config_drive(disk, partitions)? {
         Some(partition) => {
             write_image_into(disk, &partition, image)?;
             partition
@@ -650,68 +476,44 @@ fn write_gpt(disk: &mut Disk<'_>, mut mbr: Vec<u8>, image: &[u8]) -> Result<Conf
             let Some(slot) = (0..gpt.entry_count()).find(|index| !gpt.is_used(*index)) else {
                 return Err(ConfigDriveError::NoFreeGptEntry { device: disk.name() });
             };
-            let first_usable = le_u64(&gpt.header[GPT_FIRST_USABLE..]) * gpt.sector;
-            let used_end =
-                existing.iter().map(|partition| partition.start + partition.size).max().unwrap_or(0).max(first_usable);
-            let usable_end = (last_usable + 1) * gpt.sector;
+            // disklabel::read checked the first usable LBA lies inside the disk.
+            let first_usable = gpt.first_usable_lba * sector;
+            let used_end = partitions.iter().map(Partition::end).max().unwrap_or(0).max(first_usable);
             let (start, size) = place_at_end(disk, image.len() as u64, used_end, usable_end)?;
             let guid = uuid::Uuid::new_v4();
-            let partition = Existing { number: slot as u32 + 1, start, size, uuid: guid.to_string(), name: None };
+            let partition = Partition {
+                number: slot as u32 + 1,
+                start,
+                size,
+                kind: PartitionType::Gpt(LINUX_FILESYSTEM_GUID),
+                uuid: PartUuid::Gpt(guid),
+                name: Some(LABEL.to_owned()),
+            };
             write_image_into(disk, &partition, image)?;
-            let entry_size = gpt.entry_size;
-            let entry = &mut gpt.entries[slot * entry_size..(slot + 1) * entry_size];
+            let entry = gpt.entry_mut(slot);
             entry.fill(0);
-            entry[..16].copy_from_slice(&LINUX_FILESYSTEM_GUID.to_bytes_le());
-            entry[16..32].copy_from_slice(&guid.to_bytes_le());
-            put_u64(entry, 32, start / gpt.sector);
-            put_u64(entry, 40, (start + size) / gpt.sector - 1);
+            entry[GPT_ENTRY_TYPE..][..16].copy_from_slice(&LINUX_FILESYSTEM_GUID.to_bytes_le());
+            entry[GPT_ENTRY_GUID..][..16].copy_from_slice(&guid.to_bytes_le());
+            put_u64(entry, GPT_ENTRY_FIRST_LBA, start / sector);
+            put_u64(entry, GPT_ENTRY_LAST_LBA, (start + size) / sector - 1);
             for (index, unit) in LABEL.encode_utf16().enumerate() {
-                entry[GPT_NAME_OFFSET + 2 * index..GPT_NAME_OFFSET + 2 * index + 2]
-                    .copy_from_slice(&unit.to_le_bytes());
+                entry[GPT_ENTRY_NAME + 2 * index..][..2].copy_from_slice(&unit.to_le_bytes());
             }
             partition
         }
     };
-    gpt.write(disk)?;
+    write_gpt_copies(disk, &gpt, sector)?;
     // A plain protective MBR covers the whole disk (hybrid MBRs are left alone).
-    let entries = mbr_entries(&mbr);
+    let entries = disklabel::mbr_entries(&mbr);
     let used: Vec<usize> = (0..4).filter(|index| entries[*index].is_used()).collect();
     if let [only] = used[..] {
         if entries[only].kind == MBR_TYPE_PROTECTIVE {
-            let sectors = (disk.size() / gpt.sector).saturating_sub(1).min(u32::MAX as u64) as u32;
-            put_u32(&mut mbr, 446 + 16 * only + 12, sectors);
+            let sectors = (disk.size() / sector).saturating_sub(1).min(u32::MAX as u64) as u32;
+            put_u32(&mut mbr, MBR_ENTRIES_OFFSET + MBR_ENTRY_SIZE * only + 12, sectors);
             disk.write(0, &mbr, "the protective MBR")?;
         }
     }
-    Ok(partition.into())
-}
-
-/// A GUID in GPT's mixed-endian encoding at `offset`.
-fn guid_at(bytes: &[u8], offset: usize) -> uuid::Uuid {
-    let mut raw = [0u8; 16];
-    raw.copy_from_slice(&bytes[offset..offset + 16]);
-    uuid::Uuid::from_bytes_le(raw)
-}
-
-/// CRC32 of a header with its CRC field taken as zero.
-fn header_crc(header: &[u8]) -> u32 {
-    let mut zeroed = header.to_vec();
-    put_u32(&mut zeroed, GPT_HEADER_CRC, 0);
-    crc32(&zeroed)
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = flate2::Crc::new();
-    crc.update(bytes);
-    crc.sum()
-}
-
-fn le_u32(bytes: &[u8]) -> u32 {
-    u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"))
-}
-
-fn le_u64(bytes: &[u8]) -> u64 {
-    u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"))
+    Ok(partition)
 }
 
 fn put_u32(bytes: &mut [u8], offset: usize, value: u32) {
@@ -1085,6 +887,31 @@ mod tests {
             let error = write(path, &image).unwrap_err().to_string();
             assert!(error.contains(expected), "{name}: {error}");
             assert_eq!(file_hash(path), before, "{name}: the disk changed");
+        }
+    }
+
+    #[test]
+    fn hostile_gpt_values_are_refused_not_overflowed() {
+        let seal = |path: &Path, offset: usize, value: u64| {
+            let mut header = read_at(path, 512, 92);
+            header[offset..offset + 8].copy_from_slice(&value.to_le_bytes());
+            let crc = disklabel::gpt_header_crc(&header);
+            header[GPT_HEADER_CRC..GPT_HEADER_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+            put_at(path, 512, &header);
+        };
+        let cases = [
+            ("entries LBA near u64::MAX", GPT_ENTRIES_LBA, u64::MAX - 1, "partition entry array LBA overflows"),
+            ("huge first usable LBA", disklabel::GPT_FIRST_USABLE, u64::MAX - 1, "do not fit the disk's"),
+            ("huge last usable LBA", GPT_LAST_USABLE, u64::MAX, "do not fit the disk's"),
+        ];
+        for (name, offset, value, expected) in cases {
+            let file = gpt_image_on_larger_disk(100);
+            seal(file.path(), offset, value);
+            let before = file_hash(file.path());
+            let error = write(file.path(), &iso("x")).unwrap_err();
+            assert!(matches!(error, ConfigDriveError::Label(_)), "{name}: {error}");
+            assert!(error.to_string().contains(expected), "{name}: {error}");
+            assert_eq!(file_hash(file.path()), before, "{name}: the disk changed");
         }
     }
 

@@ -12,6 +12,7 @@ use ferric_protocol::{ImageInfo, WriteImageResult};
 use crate::bootloader::{self, BootloaderError, HostSystem};
 use crate::checksum::{self, ChecksumError, Expected};
 use crate::configdrive::{self, ConfigDriveError};
+use crate::disklabel::{self, DiskLabelError, LabelKind};
 use crate::download::{self, DownloadConfig, DownloadError};
 use crate::efi::{self, EfiError};
 use crate::image::{write_image, WriteError, WriteReport};
@@ -110,12 +111,7 @@ pub async fn write_image_task(
         }
         None => None,
     };
-    let boot_mode = match info.deploy_boot_mode.as_deref().map(str::to_ascii_lowercase).as_deref() {
-        None | Some("") => config.booted,
-        Some("uefi") => BootMode::Uefi,
-        Some("bios") => BootMode::Bios,
-        Some(other) => return Err(DeployError::BootMode(other.to_owned())),
-    };
+    let boot_mode = boot_mode(info, config.booted)?;
     let disk_path = match &config.disk {
         Disk::Fixed(path) => path.clone(),
         Disk::Choose { root } => {
@@ -129,7 +125,8 @@ pub async fn write_image_task(
     // Plan before downloading, so a request that cannot fit fails without touching the disk.
     let layout = if partition_image {
         let configdrive_bytes = configdrive.as_ref().map(|iso| iso.len() as u64);
-        let request = PartitionRequest::from_image_info(info, boot_mode, configdrive_bytes)
+        let request = partition::require_512_byte_sectors(&disk_path)
+            .and_then(|()| PartitionRequest::from_image_info(info, boot_mode, configdrive_bytes))
             .and_then(|request| Layout::plan(&request, target.size()));
         Some(request.map_err(|source| partition_error(info, &disk_path, source))?)
     } else {
@@ -155,6 +152,16 @@ pub async fn write_image_task(
         seconds = result.seconds, mib_per_second = result.mib_per_second, "image written"
     );
     Ok(serde_json::to_value(&result).unwrap_or(Value::Null))
+}
+
+/// `deploy_boot_mode`, parsed once for every step: absent or empty means the mode the ramdisk booted in.
+fn boot_mode(info: &ImageInfo, booted: BootMode) -> Result<BootMode, DeployError> {
+    match info.deploy_boot_mode.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("") => Ok(booted),
+        Some("uefi") => Ok(BootMode::Uefi),
+        Some("bios") => Ok(BootMode::Bios),
+        Some(other) => Err(DeployError::BootMode(other.to_owned())),
+    }
 }
 
 fn partition_error(info: &ImageInfo, disk: &Path, source: PartitionError) -> DeployError {
@@ -196,14 +203,26 @@ impl Job {
             uuids.insert("configdrive partition uuid".to_owned(), partition.uuid);
         }
         self.reread_partitions();
-        // Whole-disk images carry their own loader (often on the removable-media path the
-        // firmware finds anyway), so a failed entry is a warning, not a failed deploy.
+        // An image without an ESP or a loader we recognise (a BIOS image, say) boots as the firmware
+        // finds it, as with IPA; failing to write the variables for a loader we found fails the deploy.
         let boot_entry = match self.uefi_boot_entry(target) {
             Ok(entry) => entry,
-            Err(error) => {
-                tracing::warn!("{:#}", anyhow::Error::from(error));
+            Err(DeployError::BootEntry {
+                source:
+                    source @ (EfiError::DiskLabel(
+                        DiskLabelError::NoPartitionTable { .. }
+                        | DiskLabelError::InvalidGpt { .. }
+                        | DiskLabelError::InvalidMbr { .. }
+                        | DiskLabelError::Overflow { .. },
+                    )
+                    | EfiError::NoEsp { .. }
+                    | EfiError::NoLoader { .. }),
+                ..
+            }) => {
+                tracing::warn!("no UEFI boot entry created: {source}");
                 None
             }
+            Err(error) => return Err(error),
         };
         Ok(self.result(report, uuids, boot_entry))
     }
@@ -296,17 +315,95 @@ impl Job {
 }
 
 /// IPA's `root uuid` of a whole-disk image: the MBR disk signature as `0x%08x` (zero on pure GPT
-/// disks, whose protective MBR has none, so then the GPT disk GUID).
+/// disks, whose protective MBR has none, so then the GPT disk GUID); None without a valid table.
 fn disk_identifier(target: &mut dyn Target) -> Option<String> {
-    let mut sector = [0u8; 1024];
-    target.read_at(0, &mut sector).ok()?;
-    let signature = u32::from_le_bytes(sector[440..444].try_into().ok()?);
-    if signature != 0 {
-        return Some(format!("0x{signature:08x}"));
+    let label = match disklabel::read(target) {
+        Ok(label) => label,
+        Err(error) => {
+            tracing::warn!("the image has no disk identifier: {error}");
+            return None;
+        }
+    };
+    match (label.mbr_disk_id(), &label.kind) {
+        (0, LabelKind::Gpt(gpt)) => Some(gpt.disk_guid.to_string()),
+        (0, LabelKind::Mbr { .. }) => None,
+        (signature, _) => Some(format!("0x{signature:08x}")),
     }
-    if &sector[512..520] != b"EFI PART" {
-        return None;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::FileTarget;
+    use std::process::Command;
+
+    fn sh(script: &str) -> String {
+        ferric_runner::run(script, Command::new("sh").arg("-c").arg(script)).unwrap().stdout
     }
-    let guid: [u8; 16] = sector[512 + 56..512 + 72].try_into().ok()?;
-    Some(uuid::Uuid::from_bytes_le(guid).to_string())
+
+    #[test]
+    fn deploy_boot_mode_is_parsed_once_here() {
+        let cases = [
+            ("absent", None, BootMode::Bios, Some(BootMode::Bios)),
+            ("empty means the booted mode", Some(""), BootMode::Uefi, Some(BootMode::Uefi)),
+            ("uefi", Some("UEFI"), BootMode::Bios, Some(BootMode::Uefi)),
+            ("bios", Some("bios"), BootMode::Uefi, Some(BootMode::Bios)),
+            ("anything else", Some("legacy"), BootMode::Uefi, None),
+        ];
+        for (name, value, booted, expected) in cases {
+            let info = ImageInfo { deploy_boot_mode: value.map(str::to_owned), ..Default::default() };
+            match (boot_mode(&info, booted), expected) {
+                (Ok(mode), Some(expected)) => assert_eq!(mode, expected, "{name}"),
+                (Err(error), None) => assert!(error.to_string().contains("\"legacy\""), "{name}: {error}"),
+                (other, _) => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn disk_identifier_is_the_mbr_signature_or_the_gpt_disk_guid() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        file.as_file().set_len(8 << 20).unwrap();
+        let path = file.path().display();
+        let identifier = || disk_identifier(&mut FileTarget::open(file.path()).unwrap());
+        assert_eq!(identifier(), None, "no partition table");
+        sh(&format!("printf 'label-id: 0x1234abcd\\nstart=2048,type=83\\n' | sfdisk -q {path}"));
+        assert_eq!(identifier().as_deref(), Some("0x1234abcd"));
+        sh(&format!(
+            "sgdisk -Z {path} >/dev/null; sgdisk -U 0C7E1A1E-5A2B-4C3D-8E9F-0123456789AB -n 1:2048:0 {path} >/dev/null"
+        ));
+        assert_eq!(identifier().as_deref(), Some("0c7e1a1e-5a2b-4c3d-8e9f-0123456789ab"));
+    }
+
+    #[tokio::test]
+    async fn partition_images_on_4kn_disks_are_refused_before_downloading() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        file.as_file().set_len(64 << 20).unwrap();
+        let device = sh(&format!("losetup -f --show -b 4096 {}", file.path().display())).trim().to_owned();
+        // Nothing may connect here: the refusal comes before the download.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let info = ImageInfo {
+            id: "img".into(),
+            urls: vec![format!("http://{}/root.img", listener.local_addr().unwrap())],
+            checksum: Some("0".repeat(64)),
+            image_type: Some("partition".into()),
+            root_mb: Some(8),
+            ..Default::default()
+        };
+        let config = DeployConfig {
+            disk: Disk::Fixed(device.clone().into()),
+            download: DownloadConfig::default(),
+            booted: BootMode::Uefi,
+            configure_boot: false,
+        };
+        let result =
+            write_image_task(&reqwest::Client::new(), &info, &config, Arc::new(ProgressTracker::default())).await;
+        sh(&format!("losetup -d {device}"));
+        let error = result.unwrap_err();
+        let DeployError::Partition { source, .. } = &error else { panic!("{error}") };
+        assert_eq!(source.to_string(), format!("partition images need 512-byte sectors; {device} has 4096"));
+        assert!(listener.accept().is_err_and(|error| error.kind() == std::io::ErrorKind::WouldBlock));
+        assert!(std::fs::read(file.path()).unwrap().iter().all(|byte| *byte == 0), "nothing written");
+    }
 }

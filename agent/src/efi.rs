@@ -16,7 +16,8 @@ use fatfs::{FileSystem, FsOptions, ReadWriteSeek};
 use uuid::Uuid;
 
 use crate::bootloader::{self, Access, BootloaderError, System};
-use crate::partition::{TargetIo, SECTOR};
+use crate::disklabel::{self, DiskLabelError, PartUuid, Partition, PartitionType};
+use crate::partition::TargetIo;
 use crate::target::{Slice, Target};
 
 /// Where efivarfs is mounted.
@@ -28,7 +29,6 @@ pub const LOAD_OPTION_ACTIVE: u32 = 0x1;
 const VARIABLE_ATTRIBUTES: u32 = 0x7;
 const ESP_TYPE: Uuid = uuid::uuid!("c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
 const MBR_ESP_TYPE: u8 = 0xef;
-const MBR_PROTECTIVE_TYPE: u8 = 0xee;
 /// Label of the entry for the removable-media path `\EFI\BOOT\BOOTX64.EFI`, which names no vendor.
 pub const FALLBACK_LABEL: &str = "ferric";
 /// FS_IMMUTABLE_FL from linux/fs.h: efivarfs sets it on variables so a stray `rm -rf` cannot brick.
@@ -36,18 +36,14 @@ const FS_IMMUTABLE_FL: nix::libc::c_long = 0x10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EfiError {
-    #[error("reading the partition table of {disk} failed")]
-    ReadDisk {
-        disk: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{disk} has no valid partition table ({reason})")]
-    NoPartitionTable { disk: String, reason: String },
+    #[error(transparent)]
+    DiskLabel(#[from] DiskLabelError),
     #[error("{disk} has no EFI system partition ({label} partition of type {wanted})")]
     NoEsp { disk: String, label: &'static str, wanted: String },
-    #[error("reading the EFI system partition {esp} failed")]
+    #[error("{action} the EFI system partition {esp} failed")]
     Fat {
+        /// What was done, e.g. "reading", "writing to".
+        action: &'static str,
         esp: String,
         #[source]
         source: io::Error,
@@ -84,7 +80,8 @@ pub enum PartitionSignature {
     Mbr(u32),
 }
 
-/// HARDDRIVE_DEVICE_PATH: the partition the loader is on, in 512-byte sectors.
+/// HARDDRIVE_DEVICE_PATH: the partition the loader is on, in the disk's logical sectors (the units its
+/// partition table uses: 4096 bytes on 4Kn GPT disks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HardDrive {
     pub partition_number: u32,
@@ -94,11 +91,6 @@ pub struct HardDrive {
 }
 
 impl HardDrive {
-    /// Byte offset and length on the disk.
-    pub fn byte_range(&self) -> (u64, u64) {
-        (self.start_lba * SECTOR, self.size_lba * SECTOR)
-    }
-
     fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&[0x04, 0x01, 42, 0]);
         out.extend_from_slice(&self.partition_number.to_le_bytes());
@@ -187,20 +179,28 @@ impl EfiVars {
         read_variable(self.path(name))
     }
 
-    /// Replaces a global variable, as libefivar does: an existing one is made mutable and deleted,
-    /// then the file is created with attributes and data in a single write (efivarfs needs one).
+    /// Sets a global variable in place, as systemd does: attributes and data in a single write (efivarfs
+    /// needs one), which replaces an existing variable's value at once. An existing variable is made
+    /// mutable first and never deleted, so a failed write leaves the old value (BootOrder stays).
     pub fn write(&self, name: &str, data: &[u8]) -> Result<(), EfiError> {
-        self.remove(name)?;
         let path = self.path(name);
         let mut content = VARIABLE_ATTRIBUTES.to_le_bytes().to_vec();
         content.extend_from_slice(data);
-        let written = OpenOptions::new().write(true).create_new(true).open(&path).and_then(|mut f| {
-            let n = f.write(&content)?;
-            if n == content.len() {
-                Ok(())
-            } else {
-                Err(io::Error::new(io::ErrorKind::WriteZero, format!("wrote {n} of {} bytes", content.len())))
+        let written = if path.exists() {
+            make_mutable(&path).and_then(|()| OpenOptions::new().write(true).open(&path))
+        } else {
+            OpenOptions::new().write(true).create_new(true).open(&path)
+        }
+        .and_then(|mut file| {
+            let n = file.write(&content)?;
+            if n != content.len() {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, format!("wrote {n} of {} bytes", content.len())));
             }
+            // efivarfs now shows exactly the new value; a plain file (test fixtures) may keep an older, longer tail.
+            if file.metadata()?.len() > content.len() as u64 {
+                file.set_len(content.len() as u64)?;
+            }
+            Ok(())
         });
         written.map_err(|source| EfiError::Variable { action: "writing", path, source })
     }
@@ -322,81 +322,42 @@ mod inode_flags {
     }
 }
 
-/// The EFI system partition of `disk`: GPT type C12A7328-…, or msdos type 0xef.
-pub fn find_esp(disk: &mut dyn Target) -> Result<HardDrive, EfiError> {
-    let describe = disk.describe();
-    let read = |disk: &mut dyn Target, offset: u64, len: usize| {
-        let mut buf = vec![0u8; len];
-        disk.read_at(offset, &mut buf)
-            .map(|()| buf)
-            .map_err(|source| EfiError::ReadDisk { disk: describe.clone(), source })
-    };
-    let no_table = |reason: &str| EfiError::NoPartitionTable { disk: describe.clone(), reason: reason.to_owned() };
-    let mbr = read(disk, 0, SECTOR as usize)?;
-    if mbr[510..512] != [0x55, 0xaa] {
-        return Err(no_table("no boot signature in sector 0"));
-    }
-    let records: Vec<&[u8]> = (0..4).map(|i| &mbr[446 + 16 * i..446 + 16 * (i + 1)]).collect();
-    if !records.iter().any(|r| r[4] == MBR_PROTECTIVE_TYPE) {
-        let disk_id = u32::from_le_bytes([mbr[440], mbr[441], mbr[442], mbr[443]]);
-        return records
-            .iter()
-            .enumerate()
-            .find(|(_, r)| r[4] == MBR_ESP_TYPE)
-            .map(|(index, r)| HardDrive {
-                partition_number: index as u32 + 1,
-                start_lba: u64::from(u32::from_le_bytes([r[8], r[9], r[10], r[11]])),
-                size_lba: u64::from(u32::from_le_bytes([r[12], r[13], r[14], r[15]])),
-                signature: PartitionSignature::Mbr(disk_id),
-            })
-            .ok_or(EfiError::NoEsp { disk: describe.clone(), label: "msdos", wanted: "0xef".to_owned() });
-    }
-
-    let header = read(disk, SECTOR, SECTOR as usize)?;
-    if &header[..8] != b"EFI PART" {
-        return Err(no_table("protective MBR without a GPT header in sector 1"));
-    }
-    let le32 = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or_default());
-    let header_size = le32(&header, 12) as usize;
-    if !(92..=SECTOR as usize).contains(&header_size) {
-        return Err(no_table("GPT header size out of range"));
-    }
-    let mut crc_input = header[..header_size].to_vec();
-    crc_input[16..20].fill(0);
-    if crc32(&crc_input) != le32(&header, 16) {
-        return Err(no_table("GPT header checksum mismatch"));
-    }
-    let entries_lba = u64::from_le_bytes(header[72..80].try_into().unwrap_or_default());
-    let count = le32(&header, 80) as usize;
-    let entry_size = le32(&header, 84) as usize;
-    if !(128..=4096).contains(&entry_size) || count > 4096 || !entry_size.is_multiple_of(8) {
-        return Err(no_table("GPT entry count or size out of range"));
-    }
-    let entries = read(disk, entries_lba * SECTOR, count * entry_size)?;
-    if crc32(&entries) != le32(&header, 88) {
-        return Err(no_table("GPT partition entries checksum mismatch"));
-    }
-    entries
-        .chunks_exact(entry_size)
-        .enumerate()
-        .find(|(_, e)| Uuid::from_bytes_le(e[..16].try_into().unwrap_or_default()) == ESP_TYPE)
-        .map(|(index, e)| {
-            let first = u64::from_le_bytes(e[32..40].try_into().unwrap_or_default());
-            let last = u64::from_le_bytes(e[40..48].try_into().unwrap_or_default());
-            HardDrive {
-                partition_number: index as u32 + 1,
-                start_lba: first,
-                size_lba: last.saturating_sub(first) + 1,
-                signature: PartitionSignature::Gpt(Uuid::from_bytes_le(e[16..32].try_into().unwrap_or_default())),
-            }
-        })
-        .ok_or(EfiError::NoEsp { disk: describe, label: "GPT", wanted: ESP_TYPE.to_string().to_uppercase() })
+/// The EFI system partition of a disk: where it is, and the device path node naming it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Esp {
+    pub device_path: HardDrive,
+    /// Byte offset on the disk.
+    pub start: u64,
+    /// Bytes.
+    pub size: u64,
 }
 
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = flate2::Crc::new();
-    crc.update(data);
-    crc.sum()
+/// The EFI system partition of `disk`: GPT type C12A7328-…, or msdos type 0xef on a primary partition.
+pub fn find_esp(disk: &mut dyn Target) -> Result<Esp, EfiError> {
+    let label = disklabel::read(disk)?;
+    let is_esp = |partition: &Partition| match partition.kind {
+        PartitionType::Gpt(kind) => kind == ESP_TYPE,
+        PartitionType::Mbr(kind) => kind == MBR_ESP_TYPE && partition.number <= 4,
+    };
+    let Some(esp) = label.partitions.into_iter().find(is_esp) else {
+        let (label, wanted) = match label.kind {
+            disklabel::LabelKind::Gpt(_) => ("GPT", ESP_TYPE.to_string().to_uppercase()),
+            disklabel::LabelKind::Mbr { .. } => ("msdos", "0xef".to_owned()),
+        };
+        return Err(EfiError::NoEsp { disk: disk.describe(), label, wanted });
+    };
+    let signature = match esp.uuid {
+        PartUuid::Gpt(guid) => PartitionSignature::Gpt(guid),
+        PartUuid::Mbr { disk_id, .. } => PartitionSignature::Mbr(disk_id),
+    };
+    // disklabel computed both as multiples of the sector size.
+    let device_path = HardDrive {
+        partition_number: esp.number,
+        start_lba: esp.start / label.sector_size,
+        size_lba: esp.size / label.sector_size,
+        signature,
+    };
+    Ok(Esp { device_path, start: esp.start, size: esp.size })
 }
 
 /// An OS loader in the ESP and the label its boot entry gets.
@@ -411,7 +372,7 @@ pub struct Loader {
 /// a BOOTX64.CSV naming an existing loader; else the first with a single `*.efi` (or shimx64.efi,
 /// then grubx64.efi, among several); else `\EFI\BOOT\BOOTX64.EFI`. Names match case-insensitively.
 pub fn find_loader<T: ReadWriteSeek>(fs: &FileSystem<T>, esp: &str) -> Result<Loader, EfiError> {
-    let fat_error = |source| EfiError::Fat { esp: esp.to_owned(), source };
+    let fat_error = |source| EfiError::Fat { action: "reading", esp: esp.to_owned(), source };
     let no_loader = || EfiError::NoLoader { esp: esp.to_owned() };
     let efi = match fs.root_dir().open_dir("EFI") {
         Ok(dir) => dir,
@@ -524,15 +485,17 @@ impl fmt::Display for BootEntry {
 /// Creates the boot entry for what is installed on `disk`: its ESP, the loader found there, first in
 /// BootOrder; `efivars` is the efivarfs directory ([`EFIVARS_DIR`] on a UEFI machine).
 pub fn create_boot_entry(disk: &mut dyn Target, efivars: &Path) -> Result<BootEntry, EfiError> {
-    let partition = find_esp(disk)?;
-    let (start, len) = partition.byte_range();
-    let mut slice = Slice::new(disk, start, len);
-    let esp = slice.describe();
-    let fs = FileSystem::new(TargetIo::new(&mut slice), FsOptions::new())
-        .map_err(|source| EfiError::Fat { esp: esp.clone(), source })?;
-    let loader = find_loader(&fs, &esp)?;
+    let esp = find_esp(disk)?;
+    let mut slice = Slice::new(disk, esp.start, esp.size);
+    let name = slice.describe();
+    let fs = FileSystem::new(TargetIo::new(&mut slice), FsOptions::new()).map_err(|source| EfiError::Fat {
+        action: "reading",
+        esp: name.clone(),
+        source,
+    })?;
+    let loader = find_loader(&fs, &name)?;
     drop(fs);
-    let option = LoadOption { description: loader.label, partition, loader: loader.path };
+    let option = LoadOption { description: loader.label, partition: esp.device_path, loader: loader.path };
     let number = EfiVars::new(efivars).install(&option)?;
     let entry = BootEntry { number, option };
     tracing::info!(%entry, "UEFI boot entry created");
@@ -562,11 +525,14 @@ pub fn fill_esp_from_root(
 /// Copies the directory tree `source` into `/EFI` of the FAT filesystem on `esp`.
 pub fn copy_efi_tree(source: &Path, esp: &mut dyn Target) -> Result<usize, EfiError> {
     let describe = esp.describe();
-    let fat_error = |source| EfiError::Fat { esp: describe.clone(), source };
-    let fs = FileSystem::new(TargetIo::new(esp), FsOptions::new()).map_err(fat_error)?;
-    let copied = copy_dir(source, &fs.root_dir().create_dir("EFI").map_err(fat_error)?)?;
-    fs.unmount().map_err(fat_error)?;
-    fix_dot_entries(esp).map_err(fat_error)?;
+    let fat_error = |action| {
+        let esp = describe.clone();
+        move |source| EfiError::Fat { action, esp, source }
+    };
+    let fs = FileSystem::new(TargetIo::new(esp), FsOptions::new()).map_err(fat_error("opening"))?;
+    let copied = copy_dir(source, &fs.root_dir().create_dir("EFI").map_err(fat_error("creating /EFI in"))?)?;
+    fs.unmount().map_err(fat_error("writing to"))?;
+    fix_dot_entries(esp).map_err(fat_error("repairing the directory entries of"))?;
     Ok(copied)
 }
 
@@ -749,7 +715,7 @@ fn copy_dir<T: ReadWriteSeek>(source: &Path, target: &fatfs::Dir<T>) -> Result<u
 mod tests {
     use super::*;
     use crate::bootloader::HostSystem;
-    use crate::partition::{format_fat, MIB};
+    use crate::partition::{format_fat, MIB, SECTOR};
     use crate::target::FileTarget;
     use std::process::Command;
 
@@ -918,6 +884,30 @@ mod tests {
             names.sort();
             assert_eq!(names, remaining, "{name}");
         }
+    }
+
+    #[test]
+    fn existing_variables_are_rewritten_in_place_never_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        put(dir.path(), "Boot0001", &entry("debian"));
+        put(dir.path(), "Boot0002", &entry("UEFI Shell"));
+        put(dir.path(), "BootOrder", &order(&[2, 1, 2, 1]));
+        // Hard links outside the directory see what happens to the files themselves: a variable deleted
+        // and created again would leave them with the old content.
+        let links = tempfile::tempdir().unwrap();
+        for name in ["Boot0001", "BootOrder"] {
+            std::fs::hard_link(dir.path().join(var_name(name)), links.path().join(name)).unwrap();
+        }
+        let vars = EfiVars::new(dir.path());
+        let option = LoadOption { loader: "\\EFI\\debian\\grubx64.efi".into(), ..debian_option() };
+        assert_eq!(vars.install(&option).unwrap(), 1);
+        let mut expected_entry = 7u32.to_le_bytes().to_vec();
+        expected_entry.extend(option.encode());
+        assert_eq!(std::fs::read(links.path().join("Boot0001")).unwrap(), expected_entry);
+        // Attributes and the new, shorter value, with nothing of the old one left behind.
+        assert_eq!(std::fs::read(links.path().join("BootOrder")).unwrap(), [7, 0, 0, 0, 1, 0, 2, 0]);
+        assert_eq!(vars.install(&LoadOption { description: "new".into(), ..debian_option() }).unwrap(), 0);
+        assert_eq!(std::fs::read(links.path().join("BootOrder")).unwrap(), [7, 0, 0, 0, 0, 0, 1, 0, 2, 0]);
     }
 
     #[test]
@@ -1126,7 +1116,7 @@ mod tests {
         file.as_file().set_len(16 * MIB).unwrap();
         let vars = tempfile::tempdir().unwrap();
         let err = create_boot_entry(&mut FileTarget::open(file.path()).unwrap(), vars.path()).unwrap_err();
-        assert!(matches!(err, EfiError::NoPartitionTable { .. }), "{err}");
+        assert!(matches!(err, EfiError::DiskLabel(DiskLabelError::NoPartitionTable { .. })), "{err}");
         run("sgdisk", &["-n", "1:2048:+4M", "-t", "1:8300", file.path().to_str().unwrap()]);
         let err = create_boot_entry(&mut FileTarget::open(file.path()).unwrap(), vars.path()).unwrap_err();
         assert!(err.to_string().contains("C12A7328-F81F-11D2-BA4B-00A0C93EC93B"), "{err}");
@@ -1136,6 +1126,67 @@ mod tests {
         let err = create_boot_entry(&mut disk, vars.path()).unwrap_err();
         assert!(err.to_string().contains("checksum"), "{err}");
         assert!(std::fs::read_dir(vars.path()).unwrap().next().is_none(), "no variable written");
+    }
+
+    #[test]
+    fn whole_disk_4kn_gpt_image_gets_an_entry_in_4096_byte_sectors() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        file.as_file().set_len(80 * MIB).unwrap();
+        let path = file.path().to_str().unwrap();
+        let device = run("losetup", &["-f", "--show", "-b", "4096", path]).trim().to_owned();
+        let partitioned = Command::new("sgdisk")
+            .args(["-n", "1:256:+4M", "-t", "1:8300", "-n", "2:0:+40M", "-t", "2:ef00", &device])
+            .output();
+        run("losetup", &["-d", &device]);
+        assert!(partitioned.unwrap().status.success());
+        // The ESP starts at 4096-byte sector 1280 (5 MiB).
+        let esp_spec = format!("{path}@@{}", 5 * MIB);
+        run("mkfs.vfat", &["-F", "32", "--offset", &(5 * MIB / SECTOR).to_string(), path, &(40 * 1024).to_string()]);
+        run("mmd", &["-i", &esp_spec, "::/EFI", "::/EFI/debian"]);
+        run("mcopy", &["-i", &esp_spec, "/dev/null", "::/EFI/debian/grubx64.efi"]);
+        let vars = tempfile::tempdir().unwrap();
+        let boot = create_boot_entry(&mut FileTarget::open(file.path()).unwrap(), vars.path()).unwrap();
+        let hd = boot.option.partition;
+        assert_eq!((hd.partition_number, hd.start_lba, hd.size_lba), (2, 1280, 40 * MIB / 4096));
+        assert!(boot.to_string().ends_with("/\\EFI\\debian\\grubx64.efi"), "{boot}");
+    }
+
+    #[test]
+    fn hostile_partition_tables_are_errors_not_panics() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        file.as_file().set_len(16 * MIB).unwrap();
+        run("sgdisk", &["-n", "1:2048:+4M", "-t", "1:ef00", file.path().to_str().unwrap()]);
+        let mut disk = FileTarget::open(file.path()).unwrap();
+        // The ESP's entry claims LBAs up to u64::MAX, its CRCs made to match.
+        let mut entries = vec![0u8; 128 * 128];
+        disk.read_at(2 * SECTOR, &mut entries).unwrap();
+        entries[40..48].copy_from_slice(&u64::MAX.to_le_bytes());
+        let mut header = vec![0u8; 92];
+        disk.read_at(SECTOR, &mut header).unwrap();
+        header[88..92].copy_from_slice(&disklabel::crc32(&entries).to_le_bytes());
+        let header_crc = disklabel::gpt_header_crc(&header);
+        header[16..20].copy_from_slice(&header_crc.to_le_bytes());
+        disk.write_at(2 * SECTOR, &entries).unwrap();
+        disk.write_at(SECTOR, &header).unwrap();
+        let vars = tempfile::tempdir().unwrap();
+        let err = create_boot_entry(&mut disk, vars.path()).unwrap_err();
+        assert!(matches!(err, EfiError::DiskLabel(DiskLabelError::InvalidGpt { .. })), "{err}");
+        assert!(err.to_string().contains("partition 1 spans LBAs 2048..=18446744073709551615"), "{err}");
+        assert!(std::fs::read_dir(vars.path()).unwrap().next().is_none(), "no variable written");
+    }
+
+    #[test]
+    fn fat_errors_say_what_was_being_done() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        file.as_file().set_len(8 * MIB).unwrap();
+        let tree = tempfile::tempdir().unwrap();
+        let err = copy_efi_tree(tree.path(), &mut FileTarget::open(file.path()).unwrap()).unwrap_err();
+        assert!(err.to_string().starts_with("opening the EFI system partition"), "{err}");
+        // A disk whose ESP holds no FAT file system.
+        run("sgdisk", &["-n", "1:2048:+4M", "-t", "1:ef00", file.path().to_str().unwrap()]);
+        let vars = tempfile::tempdir().unwrap();
+        let err = create_boot_entry(&mut FileTarget::open(file.path()).unwrap(), vars.path()).unwrap_err();
+        assert!(err.to_string().starts_with("reading the EFI system partition"), "{err}");
     }
 
     struct LoopDevice(String);

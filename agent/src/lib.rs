@@ -7,6 +7,7 @@ pub mod checksum;
 pub mod client;
 pub mod configdrive;
 pub mod deploy;
+pub mod disklabel;
 pub mod download;
 pub mod efi;
 pub mod image;

@@ -24,6 +24,7 @@ use gpt::partition_types;
 use uuid::Uuid;
 
 use crate::checksum::Expected;
+use crate::disklabel;
 use crate::image::{write_image, WriteError, WriteReport};
 use crate::progress::ProgressTracker;
 use crate::target::{Slice, Target};
@@ -32,7 +33,7 @@ pub const MIB: u64 = 1 << 20;
 /// IPA's `[disk_utils]efi_system_partition_size`.
 pub const ESP_MB: u64 = 550;
 pub const BIOS_BOOT_MB: u64 = 1;
-/// Logical sector size assumed for partition tables and EFI device paths (4Kn disks are not handled).
+/// Logical sector size of the partition tables written (disks with other sector sizes are refused).
 pub const SECTOR: u64 = 512;
 /// The backup GPT at the end of the disk: 32 sectors of entries and the header.
 const GPT_BACKUP_BYTES: u64 = 33 * SECTOR;
@@ -108,20 +109,12 @@ pub struct PartitionRequest {
 }
 
 impl PartitionRequest {
-    /// From `image_info`; `booted` is the mode the ramdisk runs in, used when `deploy_boot_mode` is absent.
+    /// From `image_info`, with `boot_mode` already resolved from its `deploy_boot_mode` by the caller.
     pub fn from_image_info(
         info: &ImageInfo,
-        booted: BootMode,
+        boot_mode: BootMode,
         configdrive_bytes: Option<u64>,
     ) -> Result<Self, PartitionError> {
-        let boot_mode = match info.deploy_boot_mode.as_deref().map(str::to_ascii_lowercase).as_deref() {
-            None => booted,
-            Some("uefi") => BootMode::Uefi,
-            Some("bios") => BootMode::Bios,
-            Some(other) => {
-                return Err(PartitionError::InvalidField { field: "deploy_boot_mode", value: other.to_owned() })
-            }
-        };
         let label = match info.disk_label.as_deref().map(str::to_ascii_lowercase).as_deref() {
             None | Some("msdos") => Label::Msdos,
             Some("gpt") => Label::Gpt,
@@ -233,6 +226,8 @@ pub enum PartitionError {
         "the root partition ends at {end_bytes} bytes, beyond the 2 TiB an msdos label can address: use disk_label gpt"
     )]
     BeyondMbrLimit { end_bytes: u64 },
+    #[error("partition images need {SECTOR}-byte sectors; {disk} has {sector_size}")]
+    SectorSize { disk: PathBuf, sector_size: u64 },
     #[error("the layout was planned for a disk of {planned} bytes but {target} holds {actual} bytes")]
     LayoutMismatch { target: String, planned: u64, actual: u64 },
     #[error("the config drive is {iso_bytes} bytes but its partition holds {partition_bytes} bytes")]
@@ -415,6 +410,7 @@ fn deploy_with_path<R: Read>(
     tool_path: &OsStr,
 ) -> Result<PartitionReport, PartitionError> {
     // Everything that can be refused is refused before the first byte is written.
+    require_512_byte_sectors(disk)?;
     if target.size() != layout.disk_bytes {
         return Err(PartitionError::LayoutMismatch {
             target: target.describe(),
@@ -575,30 +571,19 @@ fn mbr_sector(layout: &Layout, disk_id: u32) -> [u8; 512] {
         let first = (part.start / SECTOR) as u32;
         let count = (part.size / SECTOR) as u32;
         entry[0] = if part.role == Role::Root { 0x80 } else { 0 };
-        entry[1..4].copy_from_slice(&chs(first));
+        entry[1..4].copy_from_slice(&disklabel::chs(first.into()));
         entry[4] = match (part.role, &layout.ephemeral_format) {
             (Role::Swap, _) => 0x82,
             (Role::Ephemeral, Some(EphemeralFormat::Vfat)) => 0x0c,
             _ => 0x83,
         };
-        entry[5..8].copy_from_slice(&chs(first + count - 1));
+        entry[5..8].copy_from_slice(&disklabel::chs((first + count - 1).into()));
         entry[8..12].copy_from_slice(&first.to_le_bytes());
         entry[12..16].copy_from_slice(&count.to_le_bytes());
     }
     sector[510] = 0x55;
     sector[511] = 0xaa;
     sector
-}
-
-/// CHS address with the 255-head, 63-sector geometry; beyond 1024 cylinders the maximum, as fdisk does.
-fn chs(lba: u32) -> [u8; 3] {
-    let cylinder = lba / (255 * 63);
-    if cylinder > 1023 {
-        return [0xfe, 0xff, 0xff];
-    }
-    let head = (lba / 63) % 255;
-    let sector = lba % 63 + 1;
-    [head as u8, (sector as u8) | (((cylinder >> 8) as u8) << 6), cylinder as u8]
 }
 
 /// Formats `target` as FAT (FAT32 when asked, else the type fatfs picks for its size).
@@ -672,14 +657,30 @@ fn find_tool(name: &str, path: &OsStr) -> Option<PathBuf> {
 }
 
 /// The device node of partition `number` of `disk`: `/dev/vda` → `/dev/vda2`,
-/// `/dev/nvme0n1` or `/dev/loop0` → `/dev/nvme0n1p2`, `/dev/loop0p2`.
+/// `/dev/nvme0n1` or `/dev/loop0` → `/dev/nvme0n1p2`, `/dev/loop0p2`. Symlinks (`/dev/disk/by-id/…`,
+/// whose partitions are `…-partN`) are resolved to the kernel's node first.
 pub fn partition_device(disk: &Path, number: u32) -> PathBuf {
+    let disk = std::fs::canonicalize(disk).unwrap_or_else(|_| disk.to_owned());
     let mut name = disk.as_os_str().to_owned();
     if disk.to_string_lossy().ends_with(|c: char| c.is_ascii_digit()) {
         name.push("p");
     }
     name.push(number.to_string());
     PathBuf::from(name)
+}
+
+/// Refuses disks whose logical sector size is not [`SECTOR`] (4Kn disks): the tables, the ESP's device
+/// path and the CHS addresses written for partition images are in 512-byte sectors.
+pub fn require_512_byte_sectors(disk: &Path) -> Result<(), PartitionError> {
+    let sector_size = disklabel::logical_sector_size(disk).map_err(|source| PartitionError::Io {
+        what: "reading the logical sector size".to_owned(),
+        target: disk.display().to_string(),
+        source,
+    })?;
+    if sector_size != SECTOR {
+        return Err(PartitionError::SectorSize { disk: disk.to_owned(), sector_size });
+    }
+    Ok(())
 }
 
 /// BLKRRPART on `disk` when it is a block device, retried while something holds it busy;
@@ -967,11 +968,12 @@ mod tests {
             image_type: Some("partition".into()),
             root_mb: Some(2048),
             swap_mb: Some(512),
-            deploy_boot_mode: Some("BIOS".into()),
+            deploy_boot_mode: Some("uefi".into()),
             disk_label: Some("gpt".into()),
             ..Default::default()
         };
-        let req = PartitionRequest::from_image_info(&info, BootMode::Uefi, Some(10)).unwrap();
+        // The caller resolved the boot mode (deploy.rs); deploy_boot_mode is not parsed again here.
+        let req = PartitionRequest::from_image_info(&info, BootMode::Bios, Some(10)).unwrap();
         assert_eq!(
             req,
             PartitionRequest {
@@ -986,6 +988,11 @@ mod tests {
         );
         let defaults = PartitionRequest::from_image_info(&ImageInfo::default(), BootMode::Uefi, None).unwrap();
         assert_eq!((defaults.boot_mode, defaults.label, defaults.root_mb), (BootMode::Uefi, Label::Msdos, None));
+        let unparsed = ImageInfo { deploy_boot_mode: Some("not a mode".into()), ..Default::default() };
+        assert_eq!(
+            PartitionRequest::from_image_info(&unparsed, BootMode::Uefi, None).unwrap().boot_mode,
+            BootMode::Uefi
+        );
         let bad = ImageInfo { disk_label: Some("bsd".into()), ..Default::default() };
         let err = PartitionRequest::from_image_info(&bad, BootMode::Bios, None).unwrap_err();
         assert!(err.to_string().contains("disk_label"), "{err}");
@@ -996,6 +1003,42 @@ mod tests {
         assert_eq!(partition_device(Path::new("/dev/vda"), 2), Path::new("/dev/vda2"));
         assert_eq!(partition_device(Path::new("/dev/nvme0n1"), 1), Path::new("/dev/nvme0n1p1"));
         assert_eq!(partition_device(Path::new("/dev/loop7"), 3), Path::new("/dev/loop7p3"));
+    }
+
+    #[test]
+    fn partition_device_of_a_symlink_is_named_after_its_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = std::fs::canonicalize(dir.path()).unwrap();
+        // udev's links are relative (`../../sda`); their own names may end in a digit or not.
+        for (node, link, expected) in
+            [("sda", "wwn-0x5000c50015", "sda2"), ("nvme0n1", "nvme-QEMU_NVMe_Ctrl", "nvme0n1p2")]
+        {
+            std::fs::write(dev.join(node), b"").unwrap();
+            std::os::unix::fs::symlink(node, dev.join(link)).unwrap();
+            assert_eq!(partition_device(&dev.join(link), 2), dev.join(expected), "{link}");
+        }
+    }
+
+    #[test]
+    fn disks_without_512_byte_sectors_are_refused_before_anything_is_written() {
+        let file = disk(64 * MIB);
+        require_512_byte_sectors(file.path()).unwrap();
+        let dev = LoopDevice(
+            run("losetup", &["-f", "--show", "-b", "4096", file.path().to_str().unwrap()]).trim().to_owned(),
+        );
+        let dev_path = Path::new(&dev.0);
+        let err = require_512_byte_sectors(dev_path).unwrap_err();
+        assert_eq!(err.to_string(), format!("partition images need 512-byte sectors; {} has 4096", dev.0));
+        let image = pattern(MIB as usize);
+        let mut target = FileTarget::open(dev_path).unwrap();
+        let req = PartitionRequest { root_mb: Some(8), ..request(BootMode::Bios, Label::Msdos) };
+        let layout = Layout::plan(&req, target.size()).unwrap();
+        let progress = Arc::new(ProgressTracker::default());
+        let err = deploy_partition_image(&image[..], &sha256(&image), dev_path, &mut target, &layout, None, &progress)
+            .unwrap_err();
+        assert!(matches!(err, PartitionError::SectorSize { sector_size: 4096, .. }), "{err}");
+        drop(dev);
+        assert_untouched(file.path());
     }
 
     #[test]
