@@ -1,106 +1,294 @@
-//! Image write throughput: the agent's path (HTTP on 127.0.0.1 → sha256 → write, first MiB last)
-//! against `dd` copying the same image to the same kind of target, in one run.
+//! Image write throughput and memory, measured in one run on one loop device.
 //!
-//! `cargo bench -p ferric-agent --bench write_throughput` (FERRIC_BENCH_MIB sets the image size,
-//! default 1024; FERRIC_BENCH_DIR the directory for the image and targets, default the system temp dir).
+//! `cargo bench -p ferric-agent --bench write_throughput` (as root: it creates loop devices).
+//! Writes the same image (random data, compressible text and zero runs; 1 GiB, 128 MiB with
+//! BENCH_SMALL=1) to the same loop device as raw, raw.gz, raw.zst and qcow2 with the agent's
+//! `write_image` (reading a local file: this measures the engine, not the network), against
+//! `dd oflag=direct` (raw) and `qemu-img convert -t none` (raw and qcow2), in interleaved rounds
+//! (best and median reported: the machine may be shared). Before each run the device is discarded,
+//! dirty pages are synced and the page cache is dropped; after it, the device content is checked.
+//! The agent uses O_DIRECT for its aligned writes (all but the head and unaligned tails) and fsyncs
+//! at the end, like dd conv=fsync; it also computes sha256, which dd and qemu-img do not.
+//! Then the peak RSS of a child process writing a 4 GiB-virtual qcow2 that holds the image's data.
+//! FERRIC_BENCH_DIR chooses where the image files and the loop devices' backing files go (/var/tmp).
 
-use std::io::Write;
-use std::path::Path;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ferric_agent::deploy::{write_image_task, Disk};
+use anyhow::Context;
+use ferric_agent::checksum::{Algorithm, Expected};
+use ferric_agent::image::{write_image, WriteReport};
 use ferric_agent::progress::ProgressTracker;
-use ferric_protocol::ImageInfo;
+use ferric_agent::target::{FileTarget, Target};
 use sha2::{Digest, Sha256};
 
+const MIB: u64 = 1 << 20;
+const RSS_CHILD: &str = "--peak-rss-child";
+const RSS_GOAL_MIB: f64 = 64.0;
+const VIRTUAL_GIB: u64 = 4;
+const SETTLE_MS: u64 = 1000;
+
+/// One way of putting an image onto the device.
+type Writer<'a> = &'a dyn Fn(&Path) -> anyhow::Result<()>;
+
 fn main() -> anyhow::Result<()> {
-    let mib: u64 = std::env::var("FERRIC_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
-    let dir =
-        tempfile::tempdir_in(std::env::var_os("FERRIC_BENCH_DIR").unwrap_or_else(|| std::env::temp_dir().into()))?;
-    let image = dir.path().join("image.raw");
-    let checksum = make_image(&image, mib)?;
-    let target_bytes = (mib + 16) << 20;
-
-    let dd_target = sized_file(&dir.path().join("dd.target"), target_bytes)?;
-    drop_caches();
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, image, device] = &args[..] {
+        if flag == RSS_CHILD {
+            return peak_rss_child(Path::new(image), Path::new(device));
+        }
+    }
+    let small = std::env::var_os("BENCH_SMALL").is_some_and(|v| v != "0");
+    let (image_mib, rounds): (u64, usize) = if small { (128, 2) } else { (1024, 3) };
+    let base = std::env::var_os("FERRIC_BENCH_DIR").map_or_else(|| PathBuf::from("/var/tmp"), PathBuf::from);
+    let dir = tempfile::tempdir_in(&base).with_context(|| format!("temporary directory in {}", base.display()))?;
     let started = Instant::now();
-    ferric_runner::run(
-        "dd the image onto the target",
-        Command::new("dd").arg(format!("if={}", image.display())).arg(format!("of={}", dd_target.display())).args([
-            "bs=4M",
-            "conv=notrunc,fsync",
-            "status=none",
-        ]),
-    )?;
-    let dd_seconds = started.elapsed().as_secs_f64();
 
-    let agent_target = sized_file(&dir.path().join("agent.target"), target_bytes)?;
-    drop_caches();
-    let runtime = tokio::runtime::Runtime::new()?;
-    let agent_seconds = runtime.block_on(async {
-        let url = serve(&image).await?;
-        let info = ImageInfo { id: "bench".into(), urls: vec![url], checksum: Some(checksum), ..Default::default() };
-        let started = Instant::now();
-        write_image_task(
-            &reqwest::Client::new(),
-            &info,
-            &Disk::Fixed(agent_target),
-            Arc::new(ProgressTracker::default()),
-        )
-        .await?;
-        anyhow::Ok(started.elapsed().as_secs_f64())
+    println!("preparing a {image_mib} MiB image in {}", dir.path().display());
+    let raw = dir.path().join("image.raw");
+    make_image(&raw, image_mib)?;
+    let gz = compress(&raw, "gz", |file| {
+        let mut encoder = flate2::write::GzEncoder::new(file, flate2::Compression::new(6));
+        std::io::copy(&mut File::open(&raw)?, &mut encoder)?;
+        encoder.finish()?.flush()
     })?;
+    let zst = compress(&raw, "zst", |file| {
+        let mut encoder = zstd::stream::write::Encoder::new(file, 3)?;
+        std::io::copy(&mut File::open(&raw)?, &mut encoder)?;
+        encoder.finish()?.flush()
+    })?;
+    let qcow2 = dir.path().join("image.qcow2");
+    run("qemu-img convert to qcow2", Command::new("qemu-img").args(["convert", "-O", "qcow2"]).arg(&raw).arg(&qcow2))?;
 
-    let rate = |seconds: f64| mib as f64 / seconds;
-    println!("image: {mib} MiB raw, target: file in {}", dir.path().display());
-    println!("{:<40} {:>8.2} s {:>9.1} MiB/s", "dd bs=4M conv=fsync (baseline)", dd_seconds, rate(dd_seconds));
+    let device = LoopDevice::new(&dir.path().join("device"), (image_mib + 64) * MIB)?;
+    println!("target: {} (loop device over a sparse file in {})", device.path.display(), base.display());
     println!(
-        "{:<40} {:>8.2} s {:>9.1} MiB/s",
-        "agent: HTTP + sha256 + write + fsync",
-        agent_seconds,
-        rate(agent_seconds)
+        "agent: write_image reading a local file, sha256-verified, O_DIRECT for aligned writes, fsync at the end\n"
     );
-    println!("ratio agent/dd throughput: {:.2}", dd_seconds / agent_seconds);
+
+    let dd = |image: &Path| {
+        let mut dd = Command::new("dd");
+        dd.arg(format!("if={}", image.display())).arg(format!("of={}", device.path.display()));
+        run("dd", dd.args(["bs=4M", "oflag=direct", "conv=fsync", "status=none"]))
+    };
+    let qemu_img = |image: &Path| {
+        let mut convert = Command::new("qemu-img");
+        convert.args(["convert", "-n", "-O", "raw", "-t", "none"]).arg(image).arg(&device.path);
+        run("qemu-img convert onto the device", &mut convert)
+    };
+    let expected = [&gz, &zst, &qcow2]
+        .into_iter()
+        .map(|p| Ok((p.clone(), checksum_of(p)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let reference = checksum_of(&raw)?;
+    let agent = |image: &Path| {
+        let expected = expected.iter().find(|(p, _)| p == image).map_or(&reference, |(_, e)| e);
+        let report = agent_write(image, expected, &device.path)?;
+        anyhow::ensure!(report.image_bytes == image_mib * MIB, "wrote {} bytes", report.image_bytes);
+        Ok(())
+    };
+    let runs: [(&str, Writer, &Path); 7] = [
+        ("dd raw (bs=4M oflag=direct conv=fsync)", &dd, &raw),
+        ("qemu-img convert -n -t none raw", &qemu_img, &raw),
+        ("qemu-img convert -n -t none qcow2", &qemu_img, &qcow2),
+        ("agent raw", &agent, &raw),
+        ("agent raw.gz", &agent, &gz),
+        ("agent raw.zst", &agent, &zst),
+        ("agent qcow2", &agent, &qcow2),
+    ];
+    // Rounds interleave the runs so that load from other processes spreads over all of them.
+    let mut seconds = vec![Vec::new(); runs.len()];
+    for _ in 0..rounds {
+        for ((name, write, image), times) in runs.iter().zip(&mut seconds) {
+            device.reset()?;
+            let timer = Instant::now();
+            write(image).with_context(|| name.to_string())?;
+            times.push(timer.elapsed().as_secs_f64());
+            let written = device_checksum(&device.path, image_mib * MIB)?;
+            anyhow::ensure!(written == reference, "{name}: the device does not hold the image");
+        }
+    }
+    for times in &mut seconds {
+        times.sort_by(f64::total_cmp);
+    }
+    let best: Vec<f64> = seconds.iter().map(|times| times[0]).collect();
+    let median: Vec<f64> = seconds.iter().map(|times| times[times.len() / 2]).collect();
+
+    let rate = |s: f64| image_mib as f64 / s;
+    println!("{rounds} rounds; MiB/s of the {image_mib} MiB disk image written");
+    println!("{:<42} {:>9} {:>9} {:>9} {:>9}", "image written", "file MiB", "best s", "MiB/s", "median s");
+    for (i, (name, _, image)) in runs.iter().enumerate() {
+        let file_mib = std::fs::metadata(image)?.len() as f64 / MIB as f64;
+        println!("{name:<42} {file_mib:>9.1} {:>9.2} {:>9.0} {:>9.2}", best[i], rate(best[i]), median[i]);
+    }
+    println!("{:<42} {:>9} {:>9} {:>9.0}", "(sha256 alone, in memory, one core)", "", "", sha256_speed());
+    println!();
+    for (label, (agent, baseline), goal) in [
+        ("agent raw     / dd raw", (3, 0), "  (goal >= 95 %)"),
+        ("agent raw     / qemu-img raw", (3, 1), ""),
+        ("agent qcow2   / qemu-img qcow2", (6, 2), "  (goal >= 100 %)"),
+        ("agent raw.gz  / dd raw", (4, 0), ""),
+        ("agent raw.zst / dd raw", (5, 0), ""),
+    ] {
+        let ratio = |times: &[f64]| times[baseline] / times[agent] * 100.0;
+        println!("{label:<32} best {:>4.0} %   median {:>4.0} %{goal}", ratio(&best), ratio(&median));
+    }
+    drop(device);
+
+    println!("\npeak RSS: the agent writing a {VIRTUAL_GIB} GiB-virtual qcow2 with {image_mib} MiB of data and 3 more islands");
+    let big_raw = dir.path().join("big.raw");
+    make_sparse_copy(&raw, &big_raw, VIRTUAL_GIB << 30)?;
+    let big_qcow2 = dir.path().join("big.qcow2");
+    let mut convert = Command::new("qemu-img");
+    run("qemu-img convert to qcow2", convert.args(["convert", "-O", "qcow2"]).arg(&big_raw).arg(&big_qcow2))?;
+    std::fs::remove_file(&big_raw)?;
+    let big_device = LoopDevice::new(&dir.path().join("big-device"), VIRTUAL_GIB << 30)?;
+    big_device.reset()?;
+    let output =
+        Command::new(std::env::current_exe()?).arg(RSS_CHILD).arg(&big_qcow2).arg(&big_device.path).output()?;
+    anyhow::ensure!(output.status.success(), "child failed: {}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8(output.stdout)?;
+    let peak_kib: f64 = stdout.trim().parse().with_context(|| format!("child printed {stdout:?}"))?;
+    let peak_mib = peak_kib / 1024.0;
+    let verdict = if peak_mib < RSS_GOAL_MIB { "meets" } else { "MISSES" };
+    println!("peak RSS (VmHWM of the child) {peak_mib:.1} MiB: {verdict} the goal of < {RSS_GOAL_MIB} MiB");
+    println!("\nbench took {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
-/// Writes `mib` MiB of incompressible-looking data and returns its sha256.
-fn make_image(path: &Path, mib: u64) -> anyhow::Result<String> {
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+/// MiB/s of sha256 over data in memory: the ceiling for any verified write on this CPU.
+fn sha256_speed() -> f64 {
+    let data = vec![0x5au8; 64 << 20];
+    let timer = Instant::now();
     let mut hasher = Sha256::new();
-    let mut block = vec![0u8; 1 << 20];
+    for _ in 0..8 {
+        hasher.update(&data);
+    }
+    std::hint::black_box(hasher.finalize());
+    512.0 / timer.elapsed().as_secs_f64()
+}
+
+/// Run in a child process so its peak RSS is the write's alone: writes `image` and prints VmHWM in KiB.
+fn peak_rss_child(image: &Path, device: &Path) -> anyhow::Result<()> {
+    let report = agent_write(image, &checksum_of(image)?, device)?;
+    anyhow::ensure!(report.image_bytes == VIRTUAL_GIB << 30, "wrote {} bytes", report.image_bytes);
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM in /proc/self/status")?;
+    println!("{}", line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim());
+    Ok(())
+}
+
+fn agent_write(image: &Path, expected: &Expected, device: &Path) -> anyhow::Result<WriteReport> {
+    let mut target = FileTarget::open(device)?;
+    let progress = Arc::new(ProgressTracker::default());
+    Ok(write_image(File::open(image)?, expected, &mut target, &progress)?)
+}
+
+fn checksum_of(path: &Path) -> anyhow::Result<Expected> {
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut File::open(path)?, &mut hasher)?;
+    Ok(Expected { algorithm: Algorithm::Sha256, hex: hex::encode(hasher.finalize()) })
+}
+
+/// sha256 of the first `len` bytes of the device.
+fn device_checksum(device: &Path, len: u64) -> anyhow::Result<Expected> {
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut std::io::Read::take(File::open(device)?, len), &mut hasher)?;
+    Ok(Expected { algorithm: Algorithm::Sha256, hex: hex::encode(hasher.finalize()) })
+}
+
+/// A disk-like image: per 8 MiB, 3.5 MiB of random data (binaries, compressed files), 2 MiB of text,
+/// 2.5 MiB of zeros (free space); a boot sector at the start.
+fn make_image(path: &Path, mib: u64) -> anyhow::Result<()> {
+    let mut file = BufWriter::with_capacity(4 << 20, File::create(path)?);
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    for _ in 0..mib {
-        for chunk in block.chunks_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            chunk.copy_from_slice(&state.to_le_bytes());
+    let mut block = vec![0u8; 512 << 10];
+    for half_mib in 0..mib * 2 {
+        match half_mib % 16 {
+            0..=6 => {
+                for chunk in block.chunks_mut(8) {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    chunk.copy_from_slice(&state.to_le_bytes());
+                }
+            }
+            7..=10 => {
+                let text =
+                    (0..).flat_map(|line| format!("{half_mib}:{line} lorem ipsum dolor sit amet\n").into_bytes());
+                for (byte, t) in block.iter_mut().zip(text) {
+                    *byte = t;
+                }
+            }
+            _ => block.fill(0),
         }
-        hasher.update(&block);
+        if half_mib == 0 {
+            block[510] = 0x55;
+            block[511] = 0xaa;
+        }
         file.write_all(&block)?;
     }
     file.flush()?;
-    Ok(hex::encode(hasher.finalize()))
+    Ok(())
 }
 
-fn sized_file(path: &Path, bytes: u64) -> anyhow::Result<std::path::PathBuf> {
-    std::fs::File::create(path)?.set_len(bytes)?;
-    Ok(path.to_owned())
+fn compress(raw: &Path, extension: &str, encode: impl FnOnce(File) -> std::io::Result<()>) -> anyhow::Result<PathBuf> {
+    let path = raw.with_extension(format!("raw.{extension}"));
+    encode(File::create(&path)?).with_context(|| format!("compressing to {}", path.display()))?;
+    Ok(path)
 }
 
-/// Both runs read the image from the page cache after the first: drop it so neither gets it for free.
-fn drop_caches() {
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+/// A sparse file of `len` bytes holding `raw` at its start and 1 MiB islands at 1/3, 2/3 and the end.
+fn make_sparse_copy(raw: &Path, out: &Path, len: u64) -> anyhow::Result<()> {
+    let file = File::create(out)?;
+    file.set_len(len)?;
+    std::io::copy(&mut File::open(raw)?, &mut &file)?;
+    let island = vec![0xa5u8; MIB as usize];
+    for offset in [len / 3, len / 3 * 2, len - MIB] {
+        file.write_all_at(&island, offset)?;
+    }
+    Ok(())
 }
 
-/// Serves the image file over HTTP on 127.0.0.1, streamed from disk.
-async fn serve(image: &Path) -> anyhow::Result<String> {
-    let app = axum::Router::new().fallback_service(tower_http::services::ServeFile::new(image));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(format!("http://{addr}/image.raw"))
+fn run(description: &str, command: &mut Command) -> anyhow::Result<()> {
+    ferric_runner::run(description, command)?;
+    Ok(())
+}
+
+/// A loop device over a sparse file, detached on drop.
+struct LoopDevice {
+    path: PathBuf,
+}
+
+impl LoopDevice {
+    fn new(backing: &Path, len: u64) -> anyhow::Result<LoopDevice> {
+        File::create(backing)?.set_len(len)?;
+        let attached = ferric_runner::run("losetup", Command::new("losetup").args(["-f", "--show"]).arg(backing))?;
+        Ok(LoopDevice { path: PathBuf::from(attached.stdout.trim()) })
+    }
+
+    /// The same starting point for every run: device discarded (backing file deallocated), nothing
+    /// dirty, nothing cached.
+    fn reset(&self) -> anyhow::Result<()> {
+        let mut target = FileTarget::open(&self.path)?;
+        let size = target.size();
+        anyhow::ensure!(target.zero_fast(0, size)?, "{} cannot discard", self.path.display());
+        target.sync()?;
+        run("sync", &mut Command::new("sync"))?;
+        std::fs::write("/proc/sys/vm/drop_caches", "3").context("dropping the page cache (run as root)")?;
+        // Let background work from the previous run (discards of the freed blocks, writeback) finish.
+        std::thread::sleep(std::time::Duration::from_millis(SETTLE_MS));
+        Ok(())
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = ferric_runner::run("losetup -d", Command::new("losetup").arg("-d").arg(&self.path));
+    }
 }

@@ -1,8 +1,9 @@
 //! The image write path: a stack of small readers, then a disk writer that holds the first MiB back.
 //!
 //! source (HTTP) → progress → hash → decompress (gzip, zstd or xz, by magic) → content (raw or qcow2,
-//! by magic again) → disk writer. Before streaming, the first and last MiB of the target are zeroed so
-//! no old partition table survives; the image's own first MiB (its partition table and boot code) is
+//! by magic again) → disk writer. Hashing and writing run on threads of their own so that they overlap
+//! reading and decompressing. Before streaming, the first and last MiB of the target are zeroed so no
+//! old partition table survives; the image's own first MiB (its partition table and boot code) is
 //! written only after the checksum matched. A mismatch or an interrupted write therefore leaves a disk
 //! without a partition table, which no firmware will boot.
 
@@ -214,7 +215,7 @@ fn write_stream(source: impl Read, target: &mut dyn Target, progress: &ProgressT
 
 /// Bytes handed to the hashing thread at a time, and how many may wait: bounds the memory for hashing.
 const HASH_BATCH_BYTES: usize = 1 << 20;
-const HASH_QUEUE: usize = 2;
+const HASH_QUEUE: usize = 8;
 
 /// Passes a reader through, sending a copy of every byte to the hashing thread.
 struct HashTee<R> {

@@ -21,7 +21,7 @@ use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
 
 use crate::image::{fill, read_error, DiskWriter, WriteError, CHUNK_BYTES};
 use crate::progress::ProgressTracker;
-use crate::target::Target;
+use crate::target::{Target, DIRECT_IO_ALIGNMENT};
 
 /// How many recent bytes that no table referred to yet are kept for a table that comes later.
 pub const WINDOW_BYTES: usize = 16 << 20;
@@ -156,7 +156,7 @@ pub(crate) fn write(
         });
     }
     tracing::info!(?header, "streaming qcow2 image");
-    let zero_len = header.virtual_size.next_multiple_of(4096).min(target.size());
+    let zero_len = header.virtual_size.next_multiple_of(DIRECT_IO_ALIGNMENT as u64).min(target.size());
     let position = head.len() as u64;
     let virtual_size = header.virtual_size;
     let (head, ()) = DiskWriter::run(target, zero_len, |writer| {
@@ -216,7 +216,7 @@ fn parse_extensions(head: &[u8], from: usize, cluster_bytes: usize) -> Result<Ex
             EXTENSION_CRYPTO => extensions.crypto = true,
             EXTENSION_DATA_FILE => extensions.data_file = Some(String::from_utf8_lossy(data).into_owned()),
             EXTENSION_FEATURE_NAMES => {
-                if len % FEATURE_NAME_ENTRY_BYTES != 0 {
+                if !len.is_multiple_of(FEATURE_NAME_ENTRY_BYTES) {
                     return Err(Qcow2Error::InvalidExtension {
                         kind,
                         offset: at,
@@ -256,7 +256,9 @@ fn parse(head: &[u8]) -> Result<(Header, Qcow2Info), Qcow2Error> {
     let cluster_bytes = 1usize << cluster_bits;
     let (incompatible, refcount_order, header_length) =
         if version == 3 { (be64(head, 72), be32(head, 96), be32(head, 100) as usize) } else { (0, 4, V2_HEADER_BYTES) };
-    if version == 3 && (header_length < V3_HEADER_BYTES || header_length % 8 != 0 || header_length > cluster_bytes) {
+    if version == 3
+        && (header_length < V3_HEADER_BYTES || !header_length.is_multiple_of(8) || header_length > cluster_bytes)
+    {
         return Err(invalid(
             "header_length",
             header_length as u64,
@@ -347,7 +349,7 @@ fn parse(head: &[u8]) -> Result<(Header, Qcow2Info), Qcow2Error> {
     if l1_entries * 8 > MAX_L1_BYTES {
         return Err(invalid("l1_size", l1_entries, "the L1 table would be larger than 32 MiB"));
     }
-    if l1_offset % cluster != 0 {
+    if !l1_offset.is_multiple_of(cluster) {
         return Err(invalid("l1_table_offset", l1_offset, "not aligned to a cluster"));
     }
     if l1_entries > 0 && l1_offset < cluster {

@@ -66,7 +66,8 @@ impl FileTarget {
 
     /// How many leading bytes of `buf` can be written at `offset` with O_DIRECT.
     fn direct_len(&self, offset: u64, buf: &[u8]) -> usize {
-        let aligned = offset % DIRECT_IO_ALIGNMENT as u64 == 0 && buf.as_ptr().align_offset(DIRECT_IO_ALIGNMENT) == 0;
+        let aligned =
+            offset.is_multiple_of(DIRECT_IO_ALIGNMENT as u64) && buf.as_ptr().align_offset(DIRECT_IO_ALIGNMENT) == 0;
         if self.direct.is_some() && aligned {
             buf.len() / DIRECT_IO_ALIGNMENT * DIRECT_IO_ALIGNMENT
         } else {
@@ -324,16 +325,16 @@ mod tests {
         fn new(len: usize, fill: u8) -> Loop {
             let backing = tempfile::NamedTempFile::new_in("/var/tmp").unwrap();
             std::fs::write(backing.path(), vec![fill; len]).unwrap();
-            let out = Command::new("losetup").args(["-f", "--show"]).arg(backing.path()).output().unwrap();
-            assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
-            let device = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+            let attached =
+                ferric_runner::run("losetup", Command::new("losetup").args(["-f", "--show"]).arg(backing.path()));
+            let device = PathBuf::from(attached.unwrap().stdout.trim());
             Loop { device, _backing: backing }
         }
     }
 
     impl Drop for Loop {
         fn drop(&mut self) {
-            let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
+            let _ = ferric_runner::run("losetup -d", Command::new("losetup").arg("-d").arg(&self.device));
         }
     }
 
@@ -350,6 +351,56 @@ mod tests {
         assert!(buf[3 << 20..].iter().all(|b| *b == 0xee));
         // Block devices refuse ranges that are not sector-aligned: the caller writes zeros instead.
         assert!(!t.zero_fast(1, 4096).unwrap());
+    }
+
+    /// `len` bytes starting `misalign` bytes past a [`DIRECT_IO_ALIGNMENT`] boundary, filled with a pattern.
+    fn buffer(storage: &mut Vec<u8>, misalign: usize, len: usize) -> &mut [u8] {
+        *storage = vec![0u8; len + 2 * DIRECT_IO_ALIGNMENT];
+        let start = storage.as_ptr().align_offset(DIRECT_IO_ALIGNMENT) + misalign;
+        let buf = &mut storage[start..start + len];
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (i % 253) as u8 + 1;
+        }
+        buf
+    }
+
+    #[test]
+    fn aligned_prefixes_are_written_directly() {
+        let (_f, t) = sized_file(1 << 20);
+        assert!(t.direct.is_some(), "ext4 files support O_DIRECT");
+        let mut storage = Vec::new();
+        let cases = [
+            ("aligned", 8192, 0, 12288, 12288),
+            ("aligned with a tail", 8192, 0, 12388, 12288),
+            ("shorter than a block", 8192, 0, 4000, 0),
+            ("unaligned offset", 8192 + 512, 0, 12288, 0),
+            ("unaligned buffer", 8192, 8, 12288, 0),
+        ];
+        for (name, offset, misalign, len, direct) in cases {
+            assert_eq!(t.direct_len(offset, buffer(&mut storage, misalign, len)), direct, "{name}");
+        }
+    }
+
+    #[test]
+    fn split_direct_and_buffered_writes_read_back() {
+        let dev = Loop::new(1 << 20, 0xee);
+        let (file, file_target) = filled_file(1 << 20, 0xee);
+        for (path, mut t) in
+            [(dev.device.clone(), FileTarget::open(&dev.device).unwrap()), (file.path().into(), file_target)]
+        {
+            let mut storage = Vec::new();
+            for (offset, misalign, len) in [(4096, 0, 3 * 4096 + 100), (65536 + 512, 0, 5000), (131072, 3, 8192)] {
+                let data = buffer(&mut storage, misalign, len).to_vec();
+                t.write_at(offset, buffer(&mut storage, misalign, len)).unwrap();
+                let mut back = vec![0u8; len];
+                t.read_at(offset, &mut back).unwrap();
+                assert_eq!(back, data, "{} at {offset}", path.display());
+            }
+            t.sync().unwrap();
+            let on_disk = std::fs::read(&path).unwrap();
+            assert_eq!(on_disk[4096 + 3 * 4096 + 100], 0xee, "{}: nothing past the write", path.display());
+            assert_eq!(on_disk[4095], 0xee, "{}: nothing before the write", path.display());
+        }
     }
 
     #[test]

@@ -785,7 +785,10 @@ impl Change<'_, '_> {
                     return Ok(Dispatch::node_changed(None));
                 }
             };
-            let task = Task { id: uuid::Uuid::new_v4().to_string(), command: Command::WriteImage { image_info: Box::new(image_info) } };
+            let task = Task {
+                id: uuid::Uuid::new_v4().to_string(),
+                command: Command::WriteImage { image_info: Box::new(image_info) },
+            };
             node.deploy_step = json_object(json!({
                 "interface": "deploy", "step": "write_image", "args": {}, "priority": 80
             }));
