@@ -195,6 +195,9 @@ impl Job {
         if let Some(identifier) = disk_identifier(target) {
             uuids.insert("root uuid".to_owned(), identifier);
         }
+        if let Ok(esp) = efi::find_esp(target) {
+            uuids.insert("efi system partition uuid".to_owned(), esp.uuid.to_string());
+        }
         if let Some(iso) = configdrive {
             self.progress.set_stage("writing config drive");
             let partition = configdrive::write_to_whole_disk(target, iso)

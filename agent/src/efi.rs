@@ -330,6 +330,8 @@ pub struct Esp {
     pub start: u64,
     /// Bytes.
     pub size: u64,
+    /// Its PARTUUID (IPA's `efi system partition uuid`).
+    pub uuid: PartUuid,
 }
 
 /// The EFI system partition of `disk`: GPT type C12A7328-…, or msdos type 0xef on a primary partition.
@@ -346,6 +348,7 @@ pub fn find_esp(disk: &mut dyn Target) -> Result<Esp, EfiError> {
         };
         return Err(EfiError::NoEsp { disk: disk.describe(), label, wanted });
     };
+    let uuid = esp.uuid;
     let signature = match esp.uuid {
         PartUuid::Gpt(guid) => PartitionSignature::Gpt(guid),
         PartUuid::Mbr { disk_id, .. } => PartitionSignature::Mbr(disk_id),
@@ -357,7 +360,7 @@ pub fn find_esp(disk: &mut dyn Target) -> Result<Esp, EfiError> {
         size_lba: esp.size / label.sector_size,
         signature,
     };
-    Ok(Esp { device_path, start: esp.start, size: esp.size })
+    Ok(Esp { device_path, start: esp.start, size: esp.size, uuid })
 }
 
 /// An OS loader in the ESP and the label its boot entry gets.

@@ -26,6 +26,15 @@ pub(crate) const CHUNK_BYTES: usize = 4 << 20;
 /// Zero skipping looks at blocks of this size (aligned on the target): small enough to find the
 /// zero runs of file systems, large enough to keep writes big.
 const ZERO_BLOCK_BYTES: usize = 64 << 10;
+/// Runs of zeros at least this long are zeroed with [`Target::zero_fast`]; shorter ones are written,
+/// which keeps writes big and device commands few.
+const ZERO_FAST_MIN_BYTES: u64 = 1 << 20;
+/// Most memory a decompressor may use: xz dictionaries and zstd windows up to 32 MiB (xz -6 uses
+/// 8 MiB, zstd -19 8 MiB); more would not fit the ramdisk's budget.
+const DECOMPRESSOR_MEMORY_BYTES: u64 = 32 << 20;
+/// The same limit as a zstd window log.
+const ZSTD_WINDOW_LOG_MAX: u32 = 25;
+
 /// Enough leading bytes to recognise every format [`probe_format`] knows.
 const PROBE_BYTES: usize = 512;
 
@@ -202,15 +211,42 @@ fn write_stream(source: impl Read, target: &mut dyn Target, progress: &ProgressT
     let probe = read_probe(&mut source, progress)?;
     let format = probe_format(&probe);
     let input = Cursor::new(probe).chain(source);
-    match format {
+    let written = match format {
         Format::Gzip => write_decompressed(MultiGzDecoder::new(input), format, target, progress),
         Format::Zstd => {
-            let decoder = zstd::stream::read::Decoder::new(input).map_err(|e| read_error(progress, e))?;
+            let mut decoder = zstd::stream::read::Decoder::new(input).map_err(|e| read_error(progress, e))?;
+            decoder.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| read_error(progress, e))?;
             write_decompressed(decoder, format, target, progress)
         }
-        Format::Xz => write_decompressed(XzDecoder::new_multi_decoder(input), format, target, progress),
+        Format::Xz => {
+            let stream =
+                liblzma::stream::Stream::new_stream_decoder(DECOMPRESSOR_MEMORY_BYTES, liblzma::stream::CONCATENATED)
+                    .map_err(|e| read_error(progress, e.into()))?;
+            write_decompressed(XzDecoder::new_stream(input, stream), format, target, progress)
+        }
         Format::Raw | Format::Qcow2 | Format::Other(_) => write_content(input, format, None, target, progress),
-    }
+    };
+    written.map_err(|e| over_memory_limit(format, &e).unwrap_or(e))
+}
+
+/// The error to report when a decompressor stopped because the image needs more than
+/// [`DECOMPRESSOR_MEMORY_BYTES`].
+fn over_memory_limit(format: Format, error: &WriteError) -> Option<WriteError> {
+    let WriteError::Read { source, .. } = error else { return None };
+    let feature = match format {
+        Format::Xz => {
+            let inner = source.get_ref()?.downcast_ref::<liblzma::stream::Error>()?;
+            matches!(inner, liblzma::stream::Error::MemLimit)
+                .then_some("xz with a dictionary over 32 MiB (xz -7 to -9); recompress with xz -6 or less")?
+        }
+        // zstd reports it only as a message (ZSTD_error_frameParameter_windowTooLarge).
+        Format::Zstd => source
+            .to_string()
+            .contains("too much memory")
+            .then_some("zstd with a window over 32 MiB (--long or --ultra); recompress without them")?,
+        _ => return None,
+    };
+    Some(WriteError::Unsupported { feature: feature.to_owned() })
 }
 
 /// Bytes handed to the hashing thread at a time, and how many may wait: bounds the memory for hashing.
@@ -329,8 +365,7 @@ fn write_raw(
     target: &mut dyn Target,
     progress: &ProgressTracker,
 ) -> Result<(Vec<u8>, u64), WriteError> {
-    let zero_len = target.size();
-    DiskWriter::run(target, zero_len, |writer| {
+    DiskWriter::run(target, |writer| {
         let mut offset = 0u64;
         loop {
             let mut buf = writer.take_buffer()?;
@@ -392,13 +427,13 @@ enum Job {
 }
 
 /// Writes an image's bytes at their offsets, holding the first [`HEAD_BYTES`] back. The writes run on
-/// a thread of their own, so they overlap reading, hashing and decompressing; that thread skips zero
-/// blocks when the target already reads back zeros.
+/// a thread of their own, so they overlap reading, hashing and decompressing; that thread zeroes the
+/// image's long runs of zeros with [`Target::zero_fast`] rather than writing them. Only the image's
+/// extent is zeroed: zeroing a whole disk first can take hours (WRITE SAME at media speed).
 pub(crate) struct DiskWriter {
     size: u64,
     target_name: String,
     head: Vec<u8>,
-    skip_zeros: bool,
     /// Small contiguous writes gathered into one: (offset, buffer, bytes used).
     staged: Option<(u64, Buffer, usize)>,
     spare: Vec<Buffer>,
@@ -408,31 +443,22 @@ pub(crate) struct DiskWriter {
 }
 
 impl DiskWriter {
-    /// Makes `[0, zero_len)` read back zeros if the target can do so without writing, runs `write`
-    /// with a writer feeding a writer thread, and waits for the writes; returns the held-back head and
-    /// what `write` returned.
+    /// Runs `write` with a writer feeding a writer thread, and waits for the writes; returns the
+    /// held-back head and what `write` returned.
     pub(crate) fn run<T>(
         target: &mut dyn Target,
-        zero_len: u64,
         write: impl FnOnce(&mut DiskWriter) -> Result<T, WriteError>,
     ) -> Result<(Vec<u8>, T), WriteError> {
         let target_name = target.describe();
-        let skip_zeros = target.zero_fast(0, zero_len).map_err(|source| WriteError::Write {
-            target: target_name.clone(),
-            offset: 0,
-            source,
-        })?;
-        tracing::debug!(target = %target_name, skip_zeros, "image writer ready");
         let size = target.size();
         std::thread::scope(|scope| {
             let (jobs, jobs_rx) = mpsc::sync_channel(WRITE_BUFFERS - 2);
             let (returned_tx, returned) = mpsc::channel();
-            let thread = scope.spawn(move || write_jobs(target, skip_zeros, jobs_rx, returned_tx));
+            let thread = scope.spawn(move || ZeroingWriter::new(target).run(jobs_rx, returned_tx));
             let mut writer = DiskWriter {
                 size,
                 target_name,
                 head: vec![0; HEAD_BYTES],
-                skip_zeros,
                 staged: None,
                 spare: Vec::new(),
                 allocated: 0,
@@ -492,7 +518,7 @@ impl DiskWriter {
         Ok(())
     }
 
-    /// Makes `len` bytes at `offset` zero: nothing to do when the target reads back zeros already.
+    /// Makes `len` bytes at `offset` zero.
     pub(crate) fn write_zeros(&mut self, offset: u64, len: u64) -> Result<(), WriteError> {
         let end = offset.saturating_add(len);
         self.check_fits(offset, end)?;
@@ -500,7 +526,7 @@ impl DiskWriter {
             self.head[offset as usize..end.min(HEAD_BYTES as u64) as usize].fill(0);
         }
         let offset = offset.max(HEAD_BYTES as u64);
-        if self.skip_zeros || offset >= end {
+        if offset >= end {
             return Ok(());
         }
         self.jobs.send(Job::Zeros { offset, len: end - offset }).map_err(|_| self.writer_stopped(offset))
@@ -557,61 +583,111 @@ impl DiskWriter {
 }
 
 /// The writer thread: performs the jobs in order, handing buffers back; stops at the first error.
-fn write_jobs(
-    target: &mut dyn Target,
-    skip_zeros: bool,
-    jobs: mpsc::Receiver<Job>,
-    returned: mpsc::Sender<Buffer>,
-) -> Result<(), WriteError> {
-    let mut zeros = Vec::new();
-    for job in jobs {
-        match job {
-            Job::Data { offset, buf, len } => {
-                let written = if skip_zeros {
-                    write_non_zero_blocks(target, offset, &buf[..len])
-                } else {
-                    write_at(target, offset, &buf[..len])
-                };
-                // The other end is gone only when the image writer finished or failed.
-                let _ = returned.send(buf);
-                written?;
-            }
-            Job::Zeros { offset, len } => {
-                if zeros.is_empty() {
-                    zeros = vec![0u8; CHUNK_BYTES];
-                }
-                let mut at = offset;
-                while at < offset + len {
-                    let n = (offset + len - at).min(CHUNK_BYTES as u64) as usize;
-                    write_at(target, at, &zeros[..n])?;
-                    at += n as u64;
-                }
-            }
-        }
-    }
-    Ok(())
+/// Zero runs are gathered across jobs and zeroed fast when long enough and the target can.
+struct ZeroingWriter<'t> {
+    target: &'t mut dyn Target,
+    /// False once [`Target::zero_fast`] said it cannot: zeros are written from then on.
+    zero_fast: bool,
+    /// A run of zeros not zeroed yet: (offset, len).
+    zero_run: Option<(u64, u64)>,
+    zeros: Vec<u8>,
 }
 
-/// Writes the runs of non-zero blocks of `data`; block boundaries are aligned on the target.
-fn write_non_zero_blocks(target: &mut dyn Target, offset: u64, data: &[u8]) -> Result<(), WriteError> {
-    let mut run_start = None;
-    let mut at = 0usize;
-    while at < data.len() {
-        let block_end = ((offset + at as u64) / ZERO_BLOCK_BYTES as u64 + 1) * ZERO_BLOCK_BYTES as u64;
-        let next = ((block_end - offset) as usize).min(data.len());
-        if is_zero(&data[at..next]) {
-            if let Some(start) = run_start.take() {
-                write_at(target, offset + start as u64, &data[start..at])?;
+impl<'t> ZeroingWriter<'t> {
+    fn new(target: &'t mut dyn Target) -> Self {
+        Self { target, zero_fast: true, zero_run: None, zeros: Vec::new() }
+    }
+
+    fn run(mut self, jobs: mpsc::Receiver<Job>, returned: mpsc::Sender<Buffer>) -> Result<(), WriteError> {
+        for job in jobs {
+            match job {
+                Job::Data { offset, buf, len } => {
+                    let written = self.data(offset, &buf[..len]);
+                    // The other end is gone only when the image writer finished or failed.
+                    let _ = returned.send(buf);
+                    written?;
+                }
+                Job::Zeros { offset, len } => self.add_zeros(offset, len)?,
             }
-        } else if run_start.is_none() {
-            run_start = Some(at);
         }
-        at = next;
+        self.flush_zeros()
     }
-    if let Some(start) = run_start {
-        write_at(target, offset + start as u64, &data[start..])?;
+
+    /// Writes `data`, except its runs of zero blocks (aligned on the target) that are long enough or
+    /// reach its end (they may continue in the next job): those join the zero run.
+    fn data(&mut self, offset: u64, data: &[u8]) -> Result<(), WriteError> {
+        let mut write_from = 0usize;
+        let mut zeros_from: Option<usize> = None;
+        let mut at = 0usize;
+        while at < data.len() {
+            let block_end = ((offset + at as u64) / ZERO_BLOCK_BYTES as u64 + 1) * ZERO_BLOCK_BYTES as u64;
+            let next = ((block_end - offset) as usize).min(data.len());
+            if is_zero(&data[at..next]) {
+                zeros_from.get_or_insert(at);
+            } else if let Some(start) = zeros_from.take() {
+                let continues_run = start == 0 && self.zero_run.is_some_and(|(o, l)| o + l == offset);
+                if continues_run || (at - start) as u64 >= ZERO_FAST_MIN_BYTES {
+                    self.write(offset + write_from as u64, &data[write_from..start])?;
+                    self.add_zeros(offset + start as u64, (at - start) as u64)?;
+                    write_from = at;
+                }
+            }
+            at = next;
+        }
+        let end = zeros_from.unwrap_or(data.len());
+        self.write(offset + write_from as u64, &data[write_from..end])?;
+        if end < data.len() {
+            self.add_zeros(offset + end as u64, (data.len() - end) as u64)?;
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Writes data; first settles the zero run, which ends here.
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), WriteError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.flush_zeros()?;
+        write_at(self.target, offset, data)
+    }
+
+    fn add_zeros(&mut self, offset: u64, len: u64) -> Result<(), WriteError> {
+        match &mut self.zero_run {
+            Some((run_offset, run_len)) if *run_offset + *run_len == offset => *run_len += len,
+            _ => {
+                self.flush_zeros()?;
+                self.zero_run = Some((offset, len));
+            }
+        }
+        Ok(())
+    }
+
+    /// Zeroes the pending run: fast if it is long enough and the target can, else by writing zeros.
+    fn flush_zeros(&mut self) -> Result<(), WriteError> {
+        let Some((offset, len)) = self.zero_run.take() else { return Ok(()) };
+        if self.zero_fast && len >= ZERO_FAST_MIN_BYTES {
+            let zeroed = self.target.zero_fast(offset, len).map_err(|source| WriteError::Write {
+                target: self.target.describe(),
+                offset,
+                source,
+            })?;
+            if zeroed {
+                return Ok(());
+            }
+            tracing::info!(target = %self.target.describe(), "the target cannot zero without writing: writing zeros");
+            self.zero_fast = false;
+        }
+        if self.zeros.is_empty() {
+            self.zeros = vec![0u8; CHUNK_BYTES];
+        }
+        let mut at = offset;
+        while at < offset + len {
+            let n = (offset + len - at).min(CHUNK_BYTES as u64) as usize;
+            write_at(self.target, at, &self.zeros[..n])?;
+            at += n as u64;
+        }
+        Ok(())
+    }
 }
 
 /// True if every byte is zero; ORs 64-byte lanes so the compiler vectorises it.
@@ -832,12 +908,55 @@ mod tests {
             assert_eq!(&written[..data.len()], &data[..], "{fault:?}");
             let allocated = file.as_file().metadata().unwrap().blocks() * 512;
             if fault.is_none() {
-                // Only the head, the last MiB of data and the zeroed tail are allocated.
-                assert!(allocated <= 4 * HEAD_BYTES as u64, "{allocated} bytes allocated");
-                assert!(written[data.len()..].iter().all(|b| *b == 0), "the rest of the disk was zeroed");
+                // The 6 MiB of zeros were deallocated, not written.
+                assert!(allocated <= DISK - 6 * HEAD_BYTES as u64, "{allocated} bytes allocated");
             } else {
                 assert!(allocated >= DISK, "zeros written, {allocated} bytes allocated");
-                assert!(written[data.len()..DISK as usize - HEAD_BYTES].iter().all(|b| *b == OLD));
+            }
+            // Only the image's extent is zeroed, never the rest of the disk (hours on some RAID disks).
+            assert!(written[data.len()..DISK as usize - HEAD_BYTES].iter().all(|b| *b == OLD), "{fault:?}");
+        }
+    }
+
+    /// Compresses `data` with a real tool from stdin (so it cannot shrink the window to the input size).
+    fn compress_with(tool: &str, args: &[&str], data: &[u8]) -> Vec<u8> {
+        let input = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(input.path(), data).unwrap();
+        let output = std::process::Command::new(tool)
+            .args(args)
+            .stdin(std::fs::File::open(input.path()).unwrap())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{tool} {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        output.stdout
+    }
+
+    #[test]
+    fn decompressors_needing_more_than_32_mib_are_refused() {
+        let data = image(2 * HEAD_BYTES + 512);
+        let cases: [(&str, &[&str], Option<&str>); 5] = [
+            ("xz", &["-9", "-c"], Some("xz with a dictionary over 32 MiB")),
+            ("xz", &["-6", "-c"], None),
+            ("zstd", &["--long=27", "-c"], Some("zstd with a window over 32 MiB")),
+            ("zstd", &["--ultra", "-22", "-c"], Some("zstd with a window over 32 MiB")),
+            ("zstd", &["-19", "-c"], None),
+        ];
+        for (tool, args, refusal) in cases {
+            let compressed = compress_with(tool, args, &data);
+            let file = old_disk(DISK);
+            let mut target = FileTarget::open(file.path()).unwrap();
+            let result = write(&compressed, &sha256(&compressed), &mut target);
+            match refusal {
+                Some(message) => {
+                    let err = result.unwrap_err();
+                    assert!(matches!(err, WriteError::Unsupported { .. }), "{tool} {args:?}: {err}");
+                    assert!(err.to_string().contains(message), "{tool} {args:?}: {err}");
+                    assert_no_partition_table(&std::fs::read(file.path()).unwrap());
+                }
+                None => {
+                    result.unwrap();
+                    assert_eq!(&std::fs::read(file.path()).unwrap()[..data.len()], &data[..], "{tool} {args:?}");
+                }
             }
         }
     }

@@ -21,13 +21,15 @@ use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
 
 use crate::image::{fill, read_error, DiskWriter, WriteError, CHUNK_BYTES};
 use crate::progress::ProgressTracker;
-use crate::target::{Target, DIRECT_IO_ALIGNMENT};
+use crate::target::Target;
 
 /// How many recent bytes that no table referred to yet are kept for a table that comes later.
 pub const WINDOW_BYTES: usize = 16 << 20;
 /// Most ranges (tables, extents of data clusters, compressed clusters) waiting for the stream at once;
 /// bounds the bookkeeping (about 40 bytes each) for images whose tables all come first.
 const MAX_PENDING: usize = 1 << 19;
+/// How to fix images whose layout cannot be streamed.
+const REWRITE_HINT: &str = "rewrite it with `qemu-img convert -O qcow2`";
 /// qemu's limit on the L1 table.
 const MAX_L1_BYTES: u64 = 32 << 20;
 const CLUSTER_BITS: std::ops::RangeInclusive<u32> = 9..=21;
@@ -83,9 +85,13 @@ pub enum Qcow2Error {
         "qcow2 image is inconsistent: {what} at host offset {offset} overlaps {other} at host offset {other_offset}"
     )]
     Overlap { what: String, offset: u64, other: String, other_offset: u64 },
-    #[error("qcow2 layout not streamable: {what} at host offset {offset} is referenced by the table at host offset {referenced_at}, which comes later in the image, and is not among the last {window_mib} MiB of unreferenced bytes kept")]
+    #[error("qcow2 layout not streamable: {what} at host offset {offset} is referenced by the table at host offset {referenced_at}, which comes later in the image, and is not among the last {window_mib} MiB of unreferenced bytes kept; {REWRITE_HINT}")]
     NotStreamable { what: String, offset: u64, referenced_at: u64, window_mib: usize },
-    #[error("qcow2 layout not streamable: more than {limit} ranges are referenced ahead of host offset {position}")]
+    #[error("qcow2 L1 table at host offset {l1_offset} lies beyond the first {window_mib} MiB: this image cannot be streamed; {REWRITE_HINT}")]
+    L1BeyondWindow { l1_offset: u64, window_mib: usize },
+    #[error("qcow2 layout not streamable: compressed clusters at host offsets {offsets} overlap and would need more than {limit_mib} MiB at once; {REWRITE_HINT}")]
+    CompressedOverBudget { offsets: String, limit_mib: usize },
+    #[error("qcow2 layout not streamable: more than {limit} ranges are referenced ahead of host offset {position}; {REWRITE_HINT}")]
     TooManyPending { limit: usize, position: u64 },
     #[error("qcow2 image is truncated or inconsistent: {what} at host offset {offset} (referenced at host offset {referenced_at}) lies beyond the end of the image ({image_bytes} bytes)")]
     Truncated { what: String, offset: u64, referenced_at: u64, image_bytes: u64 },
@@ -148,6 +154,10 @@ pub(crate) fn write(
         }
     }
     let (header, info) = parse(&head)?;
+    if header.l1_offset > WINDOW_BYTES as u64 {
+        // Everything before the L1 table would have to be kept until it arrives.
+        return Err(Qcow2Error::L1BeyondWindow { l1_offset: header.l1_offset, window_mib: WINDOW_BYTES >> 20 }.into());
+    }
     if header.virtual_size > target.size() {
         return Err(WriteError::TargetTooSmall {
             target: target.describe(),
@@ -156,12 +166,10 @@ pub(crate) fn write(
         });
     }
     tracing::info!(?header, "streaming qcow2 image");
-    let zero_len = header.virtual_size.next_multiple_of(DIRECT_IO_ALIGNMENT as u64).min(target.size());
     let position = head.len() as u64;
     let virtual_size = header.virtual_size;
-    let (head, ()) = DiskWriter::run(target, zero_len, |writer| {
-        Stream::new(reader, position, header, info, writer, progress)?.run()
-    })?;
+    let (head, ()) =
+        DiskWriter::run(target, |writer| Stream::new(reader, position, header, info, writer, progress)?.run())?;
     Ok((head, virtual_size))
 }
 
@@ -454,13 +462,24 @@ impl ClaimKind {
     }
 }
 
+/// The guest clusters that one compressed host range decompresses to: (guest offset, host offset of
+/// the L2 entry). Hostile images may point many entries at one range; it is decompressed once.
+type Readers = Vec<(u64, u64)>;
+
+/// A compressed host range not reached yet.
+struct PendingCompressed {
+    /// Upper bound from the L2 entries (the largest of them).
+    len: u64,
+    readers: Readers,
+}
+
 /// Bytes of one compressed cluster being gathered from the stream.
 struct Collector {
     start: u64,
-    /// Upper bound from the L2 entry; the compressed data may end earlier, or the image before it.
+    /// Upper bound from the L2 entries; the compressed data may end earlier, or the image before it.
     len: u64,
-    guest: u64,
-    referenced_at: u64,
+    readers: Readers,
+    /// Holds up to `len` bytes, reserved from the budget shared with the window.
     bytes: Vec<u8>,
 }
 
@@ -472,15 +491,24 @@ struct Window {
 }
 
 impl Window {
-    fn push(&mut self, start: u64, data: &[u8]) {
-        while self.bytes + data.len() > WINDOW_BYTES {
-            let Some((_, dropped)) = self.segments.pop_front() else { break };
-            self.bytes -= dropped.len();
+    /// Keeps `data`, dropping the oldest bytes so that at most `limit` bytes are held.
+    fn push(&mut self, start: u64, data: &[u8], limit: usize) {
+        self.shrink_to(limit.saturating_sub(data.len()));
+        let keep = data.len().min(limit);
+        if keep == 0 {
+            return;
         }
-        let keep = data.len().min(WINDOW_BYTES);
         let skipped = data.len() - keep;
         self.segments.push_back((start + skipped as u64, data[skipped..].to_vec()));
         self.bytes += keep;
+    }
+
+    /// Drops the oldest segments until at most `limit` bytes are held.
+    fn shrink_to(&mut self, limit: usize) {
+        while self.bytes > limit {
+            let Some((_, dropped)) = self.segments.pop_front() else { break };
+            self.bytes -= dropped.len();
+        }
     }
 
     /// The bytes from `start` towards `end`, as far as the window holds them contiguously.
@@ -558,9 +586,13 @@ struct Stream<'w, 'p, R> {
     tables_pending: usize,
     /// The range being parsed as a table: nothing may claim it.
     parsing: Option<(u64, u64, ClaimKind)>,
-    /// Compressed clusters not reached yet: (start, guest) → upper bound of their length.
-    compressed: BTreeMap<(u64, u64), (u64, u64)>,
+    /// Compressed host ranges not reached yet, by start.
+    compressed: BTreeMap<u64, PendingCompressed>,
     collecting: Vec<Collector>,
+    /// Bytes reserved by `collecting`; they and the window share [`WINDOW_BYTES`].
+    collecting_bytes: usize,
+    /// Guest clusters waiting in `compressed` and `collecting`: bounded like the claims.
+    compressed_readers: usize,
     window: Window,
     decompressor: Decompressor,
     cluster_buf: Vec<u8>,
@@ -589,6 +621,8 @@ impl<'w, 'p, R: Read> Stream<'w, 'p, R> {
             parsing: None,
             compressed: BTreeMap::new(),
             collecting: Vec::new(),
+            collecting_bytes: 0,
+            compressed_readers: 0,
             window: Window::default(),
             decompressor,
         })
@@ -633,7 +667,7 @@ impl<'w, 'p, R: Read> Stream<'w, 'p, R> {
         let data = &buf[..got];
         if !claimed {
             if self.tables_pending > 0 {
-                self.window.push(start, data);
+                self.window.push(start, data, WINDOW_BYTES - self.collecting_bytes);
             }
             self.feed_compressed(start, data)?;
             self.position = end;
@@ -820,16 +854,28 @@ impl<'w, 'p, R: Read> Stream<'w, 'p, R> {
     }
 
     fn check_pending(&self) -> Result<(), WriteError> {
-        if self.claims.len() + self.compressed.len() + self.collecting.len() >= MAX_PENDING {
+        if self.claims.len() + self.compressed_readers >= MAX_PENDING {
             return Err(Qcow2Error::TooManyPending { limit: MAX_PENDING, position: self.position }.into());
         }
         Ok(())
     }
 
     fn claim_compressed(&mut self, start: u64, len: u64, guest: u64, referenced_at: u64) -> Result<(), WriteError> {
+        self.check_pending()?;
         if start >= self.position {
-            self.check_pending()?;
-            self.compressed.insert((start, guest), (len, referenced_at));
+            let pending = self.compressed.entry(start).or_insert(PendingCompressed { len, readers: Vec::new() });
+            pending.len = pending.len.max(len);
+            pending.readers.push((guest, referenced_at));
+            self.compressed_readers += 1;
+            return Ok(());
+        }
+        if let Some(i) = self.collecting.iter().position(|collector| collector.start == start) {
+            let grow = len.saturating_sub(self.collecting[i].len);
+            self.reserve(start, grow)?;
+            let collector = &mut self.collecting[i];
+            collector.len += grow;
+            collector.readers.push((guest, referenced_at));
+            self.compressed_readers += 1;
             return Ok(());
         }
         let passed_end = (start + len).min(self.position);
@@ -844,47 +890,98 @@ impl<'w, 'p, R: Read> Stream<'w, 'p, R> {
         };
         let complete = bytes.len() as u64 == len;
         let continues = start + bytes.len() as u64 == self.position;
-        let collector = Collector { start, len, guest, referenced_at, bytes };
+        let readers = vec![(guest, referenced_at)];
         if complete || !continues {
             // All the window holds: the compressed data may well end before the upper bound.
-            self.decompress(collector, false)
-        } else {
-            self.collecting.push(collector);
-            Ok(())
+            return self.decompress(start, &bytes, &readers, false);
         }
+        self.reserve(start, len)?;
+        let mut reserved = Vec::with_capacity(len as usize);
+        reserved.extend_from_slice(&bytes);
+        self.compressed_readers += 1;
+        self.collecting.push(Collector { start, len, readers, bytes: reserved });
+        Ok(())
     }
 
-    /// Hands `data` (stream bytes from `start`) to the compressed clusters that cover it.
+    /// Takes `len` bytes from the budget collectors share with the window, or fails naming the offsets.
+    fn reserve(&mut self, start: u64, len: u64) -> Result<(), WriteError> {
+        let available = (WINDOW_BYTES - self.collecting_bytes) as u64;
+        if len > available {
+            let mut offsets: Vec<String> = self.collecting.iter().take(8).map(|c| c.start.to_string()).collect();
+            if self.collecting.len() > offsets.len() {
+                offsets.push(format!("{} more", self.collecting.len() - offsets.len()));
+            }
+            offsets.push(start.to_string());
+            return Err(Qcow2Error::CompressedOverBudget {
+                offsets: offsets.join(", "),
+                limit_mib: WINDOW_BYTES >> 20,
+            }
+            .into());
+        }
+        self.collecting_bytes += len as usize;
+        self.window.shrink_to(WINDOW_BYTES - self.collecting_bytes);
+        Ok(())
+    }
+
+    /// Hands `data` (stream bytes from `start`) to the compressed clusters that cover it: those begun
+    /// earlier first, then those starting in it, in order, so that finished ones return their budget.
     fn feed_compressed(&mut self, start: u64, data: &[u8]) -> Result<(), WriteError> {
         let end = start + data.len() as u64;
-        while let Some((&(cluster_start, guest), &(len, referenced_at))) =
-            self.compressed.range((start, 0)..(end, 0)).next()
-        {
-            self.compressed.remove(&(cluster_start, guest));
-            let bytes = Vec::with_capacity(len as usize);
-            self.collecting.push(Collector { start: cluster_start, len, guest, referenced_at, bytes });
-        }
         let mut i = 0;
         while i < self.collecting.len() {
-            let collector = &mut self.collecting[i];
-            let from = collector.start + collector.bytes.len() as u64;
-            let to = (collector.start + collector.len).min(end);
-            if from < to {
-                collector.bytes.extend_from_slice(&data[(from - start) as usize..(to - start) as usize]);
-            }
-            if collector.bytes.len() as u64 == collector.len {
-                let collector = self.collecting.swap_remove(i);
-                self.decompress(collector, false)?;
-            } else {
+            if self.fill_collector(i, start, data)? {
                 i += 1;
             }
+        }
+        while let Some(entry) = self.compressed.first_entry().filter(|entry| *entry.key() < end) {
+            let (cluster_start, PendingCompressed { len, readers }) = entry.remove_entry();
+            debug_assert!(cluster_start >= start, "pending compressed data the stream passed");
+            if cluster_start + len <= end {
+                let bytes = &data[(cluster_start - start) as usize..(cluster_start + len - start) as usize];
+                self.compressed_readers -= readers.len();
+                self.decompress(cluster_start, bytes, &readers, false)?;
+                continue;
+            }
+            self.reserve(cluster_start, len)?;
+            self.collecting.push(Collector {
+                start: cluster_start,
+                len,
+                readers,
+                bytes: Vec::with_capacity(len as usize),
+            });
+            self.fill_collector(self.collecting.len() - 1, start, data)?;
         }
         Ok(())
     }
 
-    fn decompress(&mut self, collector: Collector, at_end: bool) -> Result<(), WriteError> {
-        let Collector { start, guest, referenced_at, bytes, .. } = collector;
-        if let Err(reason) = self.decompressor.cluster(&bytes, &mut self.cluster_buf) {
+    /// Adds what `data` holds for collector `i`; decompresses and removes it once complete. True if it
+    /// is still collecting.
+    fn fill_collector(&mut self, i: usize, start: u64, data: &[u8]) -> Result<bool, WriteError> {
+        let end = start + data.len() as u64;
+        let collector = &mut self.collecting[i];
+        let from = collector.start + collector.bytes.len() as u64;
+        let to = (collector.start + collector.len).min(end);
+        if from < to {
+            collector.bytes.extend_from_slice(&data[(from - start) as usize..(to - start) as usize]);
+        }
+        if (collector.bytes.len() as u64) < collector.len {
+            return Ok(true);
+        }
+        let collector = self.collecting.swap_remove(i);
+        self.finish_collector(collector, false)?;
+        Ok(false)
+    }
+
+    fn finish_collector(&mut self, collector: Collector, at_end: bool) -> Result<(), WriteError> {
+        self.collecting_bytes -= collector.len as usize;
+        self.compressed_readers -= collector.readers.len();
+        self.decompress(collector.start, &collector.bytes, &collector.readers, at_end)
+    }
+
+    /// Decompresses the cluster at host offset `start` once and writes it for every guest cluster that reads it.
+    fn decompress(&mut self, start: u64, bytes: &[u8], readers: &[(u64, u64)], at_end: bool) -> Result<(), WriteError> {
+        let (guest, referenced_at) = readers[0];
+        if let Err(reason) = self.decompressor.cluster(bytes, &mut self.cluster_buf) {
             return Err(if at_end {
                 Qcow2Error::Truncated {
                     what: format!("compressed cluster for guest offset {guest}"),
@@ -897,21 +994,25 @@ impl<'w, 'p, R: Read> Stream<'w, 'p, R> {
             }
             .into());
         }
-        let len = self.guest_len(guest, self.header.cluster_bytes()) as usize;
-        self.writer.write(guest, &self.cluster_buf[..len])
+        for &(guest, _) in readers {
+            let len = self.guest_len(guest, self.header.cluster_bytes()) as usize;
+            self.writer.write(guest, &self.cluster_buf[..len])?;
+        }
+        Ok(())
     }
 
     /// The stream ended: compressed clusters may end with it, anything else still awaited is missing.
     fn end_of_image(&mut self) -> Result<(), WriteError> {
         for collector in std::mem::take(&mut self.collecting) {
-            self.decompress(collector, true)?;
+            self.finish_collector(collector, true)?;
         }
         let image_bytes = self.position;
         if let Some((&offset, claim)) = self.claims.first_key_value() {
             let (what, referenced_at) = (claim.kind.describe(), claim.referenced_at);
             return Err(Qcow2Error::Truncated { what, offset, referenced_at, image_bytes }.into());
         }
-        if let Some((&(offset, guest), &(_, referenced_at))) = self.compressed.first_key_value() {
+        if let Some((&offset, PendingCompressed { readers, .. })) = self.compressed.first_key_value() {
+            let (guest, referenced_at) = readers[0];
             let what = format!("compressed cluster for guest offset {guest}");
             return Err(Qcow2Error::Truncated { what, offset, referenced_at, image_bytes }.into());
         }
@@ -1525,6 +1626,98 @@ mod tests {
         );
         assert!(err.to_string().contains(&message), "{err}");
         assert_no_partition_table(&disk);
+    }
+
+    /// An L2 entry for compressed data at `offset` with `sectors` sectors after the first.
+    fn compressed_entry(cluster_bits: u32, offset: u64, sectors: u64) -> u64 {
+        1 << 62 | sectors << (62 - (cluster_bits - 8)) | offset
+    }
+
+    #[test]
+    fn compressed_range_read_by_many_guest_clusters_is_decompressed_once() {
+        // 512-byte clusters: 100k guest clusters in 1563 L2 tables, all mapped to one compressed range.
+        const GUESTS: u64 = 100_000;
+        let (bits, cluster) = (9, 512u64);
+        let tables = GUESTS.div_ceil(cluster / 8);
+        let l1 = cluster;
+        let first_l2 = l1 + (tables * 8).next_multiple_of(cluster);
+        let compressed_at = first_l2 + tables * cluster;
+        let pattern: Vec<u8> = (0..cluster).map(|i| (i % 7) as u8 + 1).collect();
+        let mut deflate = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        deflate.write_all(&pattern).unwrap();
+        let deflated = deflate.finish().unwrap();
+        let mut image = vec![0u8; (compressed_at + cluster) as usize];
+        image[..4].copy_from_slice(b"QFI\xfb");
+        set_be32(&mut image, 4, 3);
+        set_be32(&mut image, 20, bits);
+        set_be64(&mut image, 24, GUESTS * cluster);
+        set_be32(&mut image, 36, tables as u32);
+        set_be64(&mut image, 40, l1);
+        set_be32(&mut image, 96, 4);
+        set_be32(&mut image, 100, 104);
+        for table in 0..tables {
+            set_be64(&mut image, (l1 + 8 * table) as usize, 1 << 63 | (first_l2 + table * cluster));
+        }
+        for guest in 0..GUESTS {
+            set_be64(&mut image, (first_l2 + 8 * guest) as usize, compressed_entry(bits, compressed_at, 0));
+        }
+        image[compressed_at as usize..compressed_at as usize + deflated.len()].copy_from_slice(&deflated);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("many-readers.qcow2");
+        std::fs::write(&path, &image).unwrap();
+        let disk = old_disk(GUESTS * cluster + 2 * MIB);
+        let started = std::time::Instant::now();
+        let report = write_file(&path, disk.path(), None).unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "took {:?}", started.elapsed());
+        assert_eq!(report.image_bytes, GUESTS * cluster);
+        let written = std::fs::read(disk.path()).unwrap();
+        for (i, guest) in written[..(GUESTS * cluster) as usize].chunks(cluster as usize).enumerate() {
+            assert_eq!(guest, &pattern[..], "guest cluster {i}");
+        }
+    }
+
+    #[test]
+    fn overlapping_compressed_ranges_beyond_the_memory_budget_are_refused() {
+        // 200 compressed ranges of 128 KiB, starting a byte apart, all begun before a data cluster ends
+        // the stream's read: holding them all would take 25 MiB.
+        const READERS: u64 = 200;
+        let mut image = Synthetic::new(CLUSTER);
+        set_be64(&mut image.bytes, 24, (READERS + 1) * CLUSTER);
+        let data_at = 4 * CLUSTER;
+        let mut l2 = vec![data_at];
+        l2.extend((0..READERS).map(|i| compressed_entry(16, data_at - READERS + i, 255)));
+        image.l1(CLUSTER, 2 * CLUSTER);
+        let mut table = vec![0u8; CLUSTER as usize];
+        for (i, entry) in l2.iter().enumerate() {
+            set_be64(&mut table, 8 * i, *entry | if i == 0 { 1 << 63 } else { 0 });
+        }
+        image.put(2 * CLUSTER, &table);
+        image.data(data_at, 0x11);
+        image.put(data_at + CLUSTER, &vec![0x22; 4 * CLUSTER as usize]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("overlapping.qcow2");
+        std::fs::write(&path, &image.bytes).unwrap();
+        let disk = old_disk(16 * MIB);
+        let err = write_file(&path, disk.path(), None).unwrap_err();
+        let message = format!("compressed clusters at host offsets {}, {}", data_at - READERS, data_at - READERS + 1);
+        assert!(err.to_string().contains(&message), "{err}");
+        assert!(err.to_string().contains("more than 16 MiB at once"), "{err}");
+        assert_no_partition_table(&std::fs::read(disk.path()).unwrap());
+    }
+
+    #[test]
+    fn l1_table_beyond_the_window_is_refused_before_reading_on() {
+        let l1 = WINDOW_BYTES as u64 + CLUSTER;
+        let mut image = Synthetic::new(l1);
+        image.l1(l1, CLUSTER);
+        let (result, disk) = write_synthetic(&image);
+        let err = result.unwrap_err();
+        let message = format!(
+            "qcow2 L1 table at host offset {l1} lies beyond the first 16 MiB: this image cannot be streamed; rewrite it with `qemu-img convert -O qcow2`"
+        );
+        assert!(err.to_string().contains(&message), "{err}");
+        assert_only_wiped(&disk);
     }
 
     #[test]

@@ -119,6 +119,20 @@ fn qcow2_whole_disk_with_config_drive_from_json() {
     );
     let found = ok(disk::boot_structures(&env.disk));
     assert!(found.primary_gpt && found.backup_gpt && found.mbr_signature, "{found:?}");
+    // The node records the partitions' PARTUUIDs as the agent reported them, matching the disk.
+    let internal = &outcome.boot.node["driver_internal_info"];
+    for (key, partition) in [("efi system partition uuid", esp), ("configdrive partition uuid", config_drive)] {
+        let uuid = internal["partition_uuids"][key].as_str().unwrap_or_default().to_ascii_uppercase();
+        let info = ok(ferric_runner::run(
+            "read a partition's GUID",
+            std::process::Command::new("sgdisk").arg("-i").arg(partition.number.to_string()).arg(&env.disk),
+        ));
+        assert!(
+            !uuid.is_empty() && info.stdout.contains(&uuid),
+            "{key} {uuid:?} is not partition {partition:?}: {internal}"
+        );
+    }
+    assert_eq!(internal["efi_system_partition_uuid"], internal["partition_uuids"]["efi system partition uuid"]);
     let verified = ok(images::gpt_verify(&env.disk));
     assert!(
         verified.contains("No problems found") && !verified.contains("Caution") && !verified.contains("Warning"),
