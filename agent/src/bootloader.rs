@@ -3,7 +3,8 @@
 //! `grub-install` runs from the deployed OS (chrooted into its root with /dev, /proc, /sys and /run
 //! bound in), because only that OS has the GRUB matching its kernel and config. Every mount is
 //! undone in reverse order whatever happens, so the disk is never left busy for the reboot.
-//! The ramdisk has no modprobe: filesystem modules are loaded here from `modules.dep`.
+//! The ramdisk's init loads the drivers of the filesystems mounted here (ext4, vfat); a root on any
+//! other filesystem the kernel lacks is refused with [`BootloaderError::NoDriver`].
 
 use std::ffi::CString;
 use std::fs::File;
@@ -15,7 +16,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use ferric_runner::{CommandError, Finished};
-use nix::kmod::{finit_module, ModuleInitFlags};
 use nix::mount::{MntFlags, MsFlags};
 
 /// grub-install and grub-mkconfig probe every disk; a hung one must not hang the deploy forever.
@@ -56,8 +56,8 @@ pub enum BootloaderError {
         #[source]
         source: nix::Error,
     },
-    #[error("the kernel has no {fstype} filesystem and its module could not be loaded from {modules_dir}: {reason}")]
-    Module { fstype: String, modules_dir: PathBuf, reason: String },
+    #[error("mounting {source_path} failed: the ramdisk has no driver for {fstype}")]
+    NoDriver { source_path: PathBuf, fstype: String },
     #[error("the deployed root on {device} has neither grub-install nor grub2-install in /usr/sbin, /usr/bin, /sbin or /bin")]
     NoGrub { device: PathBuf },
     #[error(transparent)]
@@ -78,23 +78,13 @@ pub trait System {
     fn run_chrooted(&mut self, root: &Path, program: &str, args: &[String]) -> Result<Finished, CommandError>;
 }
 
-/// The real system: mount(2), and modules loaded from `modules_dir` when a filesystem is missing.
-pub struct HostSystem {
-    modules_dir: PathBuf,
-}
+/// The real system: mount(2) and chroot(2).
+#[derive(Default)]
+pub struct HostSystem;
 
 impl HostSystem {
-    /// Modules of the running kernel (`/lib/modules/<release>`).
     pub fn new() -> Self {
-        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        let release = release.trim();
-        Self { modules_dir: Path::new("/lib/modules").join(release) }
-    }
-}
-
-impl Default for HostSystem {
-    fn default() -> Self {
-        Self::new()
+        Self
     }
 }
 
@@ -106,20 +96,17 @@ impl System for HostSystem {
         fstype: Option<&str>,
         flags: MsFlags,
     ) -> Result<(), BootloaderError> {
-        let attempt = || nix::mount::mount(Some(source), target, fstype, flags, None::<&str>);
-        let result = match (attempt(), fstype) {
-            // ENODEV: the kernel does not know the filesystem type yet.
-            (Err(nix::Error::ENODEV), Some(fstype)) => {
-                load_filesystem_modules(&self.modules_dir, fstype)?;
-                attempt()
+        nix::mount::mount(Some(source), target, fstype, flags, None::<&str>).map_err(|errno| match (errno, fstype) {
+            // ENODEV: the kernel does not know the filesystem type.
+            (nix::Error::ENODEV, Some(fstype)) => {
+                BootloaderError::NoDriver { source_path: source.to_owned(), fstype: fstype.to_owned() }
             }
-            (result, _) => result,
-        };
-        result.map_err(|errno| BootloaderError::Mount {
-            source_path: source.to_owned(),
-            target: target.to_owned(),
-            fstype: fstype.unwrap_or("bind").to_owned(),
-            source: errno,
+            _ => BootloaderError::Mount {
+                source_path: source.to_owned(),
+                target: target.to_owned(),
+                fstype: fstype.unwrap_or("bind").to_owned(),
+                source: errno,
+            },
         })
     }
 
@@ -288,69 +275,10 @@ fn find_tool(root: &Path, name: &str) -> Option<String> {
     TOOL_DIRS.iter().map(|dir| format!("/{dir}/{name}")).find(|inside| root.join(&inside[1..]).is_file())
 }
 
-/// Pre-dependencies the kernel asks for by crypto name (softdeps), which modules.dep leaves out.
-fn soft_dependencies(fstype: &str) -> &'static [&'static str] {
-    match fstype {
-        "ext4" | "xfs" | "btrfs" => &["crc32c_generic"],
-        _ => &[],
-    }
-}
-
-/// Relative module paths to load, in order, for filesystem `fstype` given modules.dep's text:
-/// soft dependencies, then each module's dependencies (last listed first), then the module.
-pub fn modules_for_filesystem(modules_dep: &str, fstype: &str) -> Vec<String> {
-    let normalize = |name: &str| name.replace('-', "_");
-    let entry = |name: &str| {
-        modules_dep.lines().filter_map(|line| line.split_once(':')).find(|(path, _)| {
-            let file = path.trim().rsplit('/').next().unwrap_or_default();
-            file.split(".ko").next().map(normalize) == Some(normalize(name))
-        })
-    };
-    let mut order = Vec::new();
-    for name in soft_dependencies(fstype).iter().copied().chain([fstype]) {
-        let Some((path, deps)) = entry(name) else { continue };
-        for module in deps.split_whitespace().rev().chain([path.trim()]) {
-            if !order.iter().any(|known| known == module) {
-                order.push(module.to_owned());
-            }
-        }
-    }
-    order
-}
-
-/// Loads `fstype`'s module and its dependencies from `modules_dir` (modules already loaded are fine).
-fn load_filesystem_modules(modules_dir: &Path, fstype: &str) -> Result<(), BootloaderError> {
-    let module_error = |reason: String| BootloaderError::Module {
-        fstype: fstype.to_owned(),
-        modules_dir: modules_dir.to_owned(),
-        reason,
-    };
-    let modules_dep = std::fs::read_to_string(modules_dir.join("modules.dep"))
-        .map_err(|e| module_error(format!("cannot read modules.dep: {e}")))?;
-    let modules = modules_for_filesystem(&modules_dep, fstype);
-    if !modules.iter().any(|m| m.split('/').next_back().is_some_and(|f| f.starts_with(&format!("{fstype}.ko")))) {
-        return Err(module_error(format!("modules.dep lists no {fstype} module")));
-    }
-    for module in modules {
-        let path = modules_dir.join(&module);
-        let file = File::open(&path).map_err(|e| module_error(format!("cannot open {}: {e}", path.display())))?;
-        match finit_module(&file, c"", ModuleInitFlags::empty()) {
-            Ok(()) | Err(nix::Error::EEXIST) => tracing::info!(module, "kernel module loaded"),
-            Err(e) => return Err(module_error(format!("loading {module} failed: {e}"))),
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn run(program: &str, args: &[&str]) -> String {
-        let mut command = Command::new(program);
-        command.args(args);
-        ferric_runner::run(format!("test: {program}"), &mut command).unwrap().stdout
-    }
+    use crate::test_support::{run, LoopDevice};
 
     /// A file of `len` zero bytes with `magic` at `offset`.
     fn with_magic(len: usize, offset: usize, magic: &[u8]) -> tempfile::NamedTempFile {
@@ -391,48 +319,15 @@ mod tests {
         }
     }
 
-    const DEP: &str = "\
-kernel/fs/ext4/ext4.ko: kernel/lib/crc16.ko kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko
-kernel/fs/jbd2/jbd2.ko:
-kernel/fs/mbcache.ko:
-kernel/lib/crc16.ko:
-kernel/crypto/crc32c_generic.ko:
-kernel/fs/xfs/xfs.ko: kernel/lib/libcrc32c.ko
-kernel/lib/libcrc32c.ko:
-kernel/fs/fat/vfat.ko: kernel/fs/fat/fat.ko
-kernel/fs/fat/fat.ko:
-";
-
     #[test]
-    fn filesystem_modules_come_with_dependencies_in_load_order() {
-        let cases: [(&str, &[&str]); 4] = [
-            (
-                "ext4",
-                &[
-                    "kernel/crypto/crc32c_generic.ko",
-                    "kernel/fs/jbd2/jbd2.ko",
-                    "kernel/fs/mbcache.ko",
-                    "kernel/lib/crc16.ko",
-                    "kernel/fs/ext4/ext4.ko",
-                ],
-            ),
-            ("xfs", &["kernel/crypto/crc32c_generic.ko", "kernel/lib/libcrc32c.ko", "kernel/fs/xfs/xfs.ko"]),
-            ("vfat", &["kernel/fs/fat/fat.ko", "kernel/fs/fat/vfat.ko"]),
-            ("btrfs", &["kernel/crypto/crc32c_generic.ko"]),
-        ];
-        for (fstype, expected) in cases {
-            assert_eq!(modules_for_filesystem(DEP, fstype), expected, "{fstype}");
-        }
-    }
-
-    #[test]
-    fn missing_module_is_a_clear_error() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("modules.dep"), DEP).unwrap();
-        let err = load_filesystem_modules(dir.path(), "btrfs").unwrap_err();
-        assert!(err.to_string().contains("lists no btrfs module"), "{err}");
-        let err = load_filesystem_modules(&dir.path().join("absent"), "ext4").unwrap_err();
-        assert!(err.to_string().contains("modules.dep"), "{err}");
+    fn unknown_filesystem_type_names_the_missing_driver() {
+        let (device, dir) = (with_magic(4096, 0, b""), tempfile::tempdir().unwrap());
+        let err =
+            HostSystem::new().mount(device.path(), dir.path(), Some("ferricnofs"), MsFlags::MS_RDONLY).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("mounting {} failed: the ramdisk has no driver for ferricnofs", device.path().display())
+        );
     }
 
     /// Records what would be done; the root "mount" fills the mount point with `root_files`
@@ -612,14 +507,6 @@ kernel/fs/fat/fat.ko:
         }
     }
 
-    struct LoopDevice(String);
-
-    impl Drop for LoopDevice {
-        fn drop(&mut self) {
-            let _ = Command::new("losetup").args(["-d", &self.0]).status();
-        }
-    }
-
     /// The scripts stand in for GRUB; everything else is real: the ext4 mount, the bind mounts, the
     /// chroot, the unmounts. What the scripts saw inside the chroot is read back with debugfs.
     #[test]
@@ -643,8 +530,8 @@ kernel/fs/fat/fat.ko:
         );
         script("grub-mkconfig", r#"/bin/busybox mkdir -p /boot/grub && echo "$@" > /boot/grub/grub.cfg"#);
         let image = made_with("mkfs.ext4", &["-q", "-F", "-d", tree.path().to_str().unwrap()]);
-        let dev = LoopDevice(run("losetup", &["-f", "--show", image.path().to_str().unwrap()]).trim().to_owned());
-        let report = install_bios_grub(&mut HostSystem::new(), Path::new(&dev.0), Path::new(&dev.0)).unwrap();
+        let dev = LoopDevice::attach(image.path(), &[]);
+        let report = install_bios_grub(&mut HostSystem::new(), dev.path(), dev.path()).unwrap();
         assert_eq!(report.install, format!("/usr/sbin/grub-install --target=i386-pc {}", dev.0));
         assert_eq!(report.config.as_deref(), Some("/usr/sbin/grub-mkconfig -o /boot/grub/grub.cfg"));
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
@@ -666,9 +553,9 @@ kernel/fs/fat/fat.ko:
         std::fs::create_dir_all(tree.path().join("etc")).unwrap();
         std::fs::write(tree.path().join("etc/hostname"), b"deployed\n").unwrap();
         let image = made_with("mkfs.ext4", &["-q", "-F", "-d", tree.path().to_str().unwrap()]);
-        let dev = LoopDevice(run("losetup", &["-f", "--show", image.path().to_str().unwrap()]).trim().to_owned());
+        let dev = LoopDevice::attach(image.path(), &[]);
         let mut seen = None;
-        let content = with_mounted_root(&mut HostSystem::new(), Path::new(&dev.0), Access::ReadOnly, |_, root, _| {
+        let content = with_mounted_root(&mut HostSystem::new(), dev.path(), Access::ReadOnly, |_, root, _| {
             seen = Some(root.to_owned());
             let writable = std::fs::write(root.join("etc/new"), b"x").is_ok();
             Ok((std::fs::read_to_string(root.join("etc/hostname")).unwrap(), writable))

@@ -720,13 +720,8 @@ mod tests {
     use crate::bootloader::HostSystem;
     use crate::partition::{format_fat, MIB, SECTOR};
     use crate::target::FileTarget;
+    use crate::test_support::{run, LoopDevice};
     use std::process::Command;
-
-    fn run(program: &str, args: &[&str]) -> String {
-        let mut command = Command::new(program);
-        command.args(args);
-        ferric_runner::run(format!("test: {program}"), &mut command).unwrap().stdout
-    }
 
     fn hex_bytes(text: &str) -> Vec<u8> {
         hex::decode(text.split_whitespace().collect::<String>()).unwrap()
@@ -1136,11 +1131,11 @@ mod tests {
         let file = tempfile::NamedTempFile::new().unwrap();
         file.as_file().set_len(80 * MIB).unwrap();
         let path = file.path().to_str().unwrap();
-        let device = run("losetup", &["-f", "--show", "-b", "4096", path]).trim().to_owned();
+        let device = LoopDevice::attach(file.path(), &["-b", "4096"]);
         let partitioned = Command::new("sgdisk")
-            .args(["-n", "1:256:+4M", "-t", "1:8300", "-n", "2:0:+40M", "-t", "2:ef00", &device])
+            .args(["-n", "1:256:+4M", "-t", "1:8300", "-n", "2:0:+40M", "-t", "2:ef00", &device.0])
             .output();
-        run("losetup", &["-d", &device]);
+        drop(device);
         assert!(partitioned.unwrap().status.success());
         // The ESP starts at 4096-byte sector 1280 (5 MiB).
         let esp_spec = format!("{path}@@{}", 5 * MIB);
@@ -1192,14 +1187,6 @@ mod tests {
         assert!(err.to_string().starts_with("reading the EFI system partition"), "{err}");
     }
 
-    struct LoopDevice(String);
-
-    impl Drop for LoopDevice {
-        fn drop(&mut self) {
-            let _ = Command::new("losetup").args(["-d", &self.0]).status();
-        }
-    }
-
     #[test]
     fn partition_image_esp_is_filled_from_the_root_filesystem_and_booted_through_its_entry() {
         use crate::checksum::{Algorithm, Expected};
@@ -1245,50 +1232,17 @@ mod tests {
         // reached through a loop device over its byte range.
         let root = report.partition(Role::Root).unwrap();
         let esp = report.partition(Role::Esp).unwrap();
-        let dev = LoopDevice(
-            run(
-                "losetup",
-                &[
-                    "-f",
-                    "--show",
-                    "-r",
-                    "-o",
-                    &root.start.to_string(),
-                    "--sizelimit",
-                    &root.size.to_string(),
-                    disk_file.path().to_str().unwrap(),
-                ],
-            )
-            .trim()
-            .to_owned(),
-        );
-        let copied =
-            fill_esp_from_root(&mut HostSystem::new(), Path::new(&dev.0), &mut disk, esp.start, esp.size).unwrap();
+        let dev = LoopDevice::over(disk_file.path(), root.start, root.size, true);
+        let copied = fill_esp_from_root(&mut HostSystem::new(), dev.path(), &mut disk, esp.start, esp.size).unwrap();
         assert_eq!(copied, 3);
         let esp_spec = format!("{}@@{}", disk_file.path().display(), esp.start);
         let listing = run("mdir", &["-i", &esp_spec, "::/EFI/debian"]);
         assert!(listing.contains("shimx64.efi") && listing.contains("BOOTX64.CSV"), "{listing}");
         let shim = run("mtype", &["-i", &esp_spec, "::/EFI/debian/shimx64.efi"]);
         assert_eq!(shim.len(), 300_000);
-        let esp_dev = LoopDevice(
-            run(
-                "losetup",
-                &[
-                    "-f",
-                    "--show",
-                    "-r",
-                    "-o",
-                    &esp.start.to_string(),
-                    "--sizelimit",
-                    &esp.size.to_string(),
-                    disk_file.path().to_str().unwrap(),
-                ],
-            )
-            .trim()
-            .to_owned(),
-        );
+        let esp_dev = LoopDevice::over(disk_file.path(), esp.start, esp.size, true);
         assert_eq!(run("blkid", &["-p", "-s", "VERSION", "-o", "value", &esp_dev.0]).trim(), "FAT32");
-        fsck_clean(Path::new(&esp_dev.0));
+        fsck_clean(esp_dev.path());
 
         let vars = tempfile::tempdir().unwrap();
         let boot = create_boot_entry(&mut disk, vars.path()).unwrap();
@@ -1308,12 +1262,11 @@ mod tests {
         let mut command = Command::new("mkfs.ext4");
         command.args(["-q", "-F", "-d"]).arg(tree.path()).arg(rootfs.path());
         ferric_runner::run("test: root filesystem", &mut command).unwrap();
-        let dev =
-            LoopDevice(run("losetup", &["-f", "--show", "-r", rootfs.path().to_str().unwrap()]).trim().to_owned());
+        let dev = LoopDevice::attach(rootfs.path(), &["-r"]);
         let esp = tempfile::NamedTempFile::new().unwrap();
         esp.as_file().set_len(8 * MIB).unwrap();
         let mut target = FileTarget::open(esp.path()).unwrap();
-        let err = fill_esp_from_root(&mut HostSystem::new(), Path::new(&dev.0), &mut target, 0, 8 * MIB).unwrap_err();
+        let err = fill_esp_from_root(&mut HostSystem::new(), dev.path(), &mut target, 0, 8 * MIB).unwrap_err();
         assert!(err.to_string().contains("/boot/efi/EFI"), "{err}");
     }
 }

@@ -19,6 +19,8 @@ pub mod progress;
 pub mod qcow2;
 pub mod root_disk;
 pub mod target;
+#[cfg(test)]
+mod test_support;
 
 /// Present only in the Ferric ramdisk (written by image-builder). Power actions and disk
 /// auto-selection require it, so running the agent on a workstation cannot reboot or wipe it.

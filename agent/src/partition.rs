@@ -822,6 +822,7 @@ mod tests {
     use super::*;
     use crate::checksum::Algorithm;
     use crate::target::FileTarget;
+    use crate::test_support::{run, LoopDevice};
     use sha2::{Digest, Sha256};
 
     fn request(boot_mode: BootMode, label: Label) -> PartitionRequest {
@@ -1023,10 +1024,8 @@ mod tests {
     fn disks_without_512_byte_sectors_are_refused_before_anything_is_written() {
         let file = disk(64 * MIB);
         require_512_byte_sectors(file.path()).unwrap();
-        let dev = LoopDevice(
-            run("losetup", &["-f", "--show", "-b", "4096", file.path().to_str().unwrap()]).trim().to_owned(),
-        );
-        let dev_path = Path::new(&dev.0);
+        let dev = LoopDevice::attach(file.path(), &["-b", "4096"]);
+        let dev_path = dev.path();
         let err = require_512_byte_sectors(dev_path).unwrap_err();
         assert_eq!(err.to_string(), format!("partition images need 512-byte sectors; {} has 4096", dev.0));
         let image = pattern(MIB as usize);
@@ -1072,12 +1071,6 @@ mod tests {
         file
     }
 
-    fn run(program: &str, args: &[&str]) -> String {
-        let mut command = Command::new(program);
-        command.args(args);
-        ferric_runner::run(format!("test: {program}"), &mut command).unwrap().stdout
-    }
-
     fn sfdisk_json(path: &Path) -> serde_json::Value {
         serde_json::from_str(&run("sfdisk", &["--json", path.to_str().unwrap()])).unwrap()
     }
@@ -1105,32 +1098,6 @@ mod tests {
         deploy_partition_image(image, expected, file, &mut target, &layout, configdrive, &progress)
     }
 
-    struct LoopDevice(String);
-
-    impl LoopDevice {
-        /// A loop device over `file`, or over `range` (offset, size) of it: partitions are reached
-        /// this way because the kernel of the test machine may not parse partition tables.
-        fn attach(file: &Path, range: Option<(u64, u64)>) -> Self {
-            let mut args = vec!["-f".to_owned(), "--show".to_owned()];
-            match range {
-                Some((offset, size)) => {
-                    args.extend(["-o".to_owned(), offset.to_string(), "--sizelimit".to_owned(), size.to_string()])
-                }
-                // Partition scanning on, so BLKRRPART is accepted.
-                None => args.push("-P".to_owned()),
-            }
-            args.push(file.to_str().unwrap().to_owned());
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            Self(run("losetup", &args).trim().to_owned())
-        }
-    }
-
-    impl Drop for LoopDevice {
-        fn drop(&mut self) {
-            let _ = Command::new("losetup").args(["-d", &self.0]).status();
-        }
-    }
-
     #[test]
     fn uefi_layout_on_a_loop_device_is_what_the_tools_expect() {
         let file = disk(GIB);
@@ -1144,8 +1111,9 @@ mod tests {
             configdrive_bytes: Some(iso.len() as u64),
             ..request(BootMode::Uefi, Label::Gpt)
         };
-        let dev = LoopDevice::attach(file.path(), None);
-        let dev_path = Path::new(&dev.0);
+        // Partition scanning on, so BLKRRPART is accepted.
+        let dev = LoopDevice::attach(file.path(), &["-P"]);
+        let dev_path = dev.path();
         let mut target = FileTarget::open(dev_path).unwrap();
         let layout = Layout::plan(&req, target.size()).unwrap();
         let progress = Arc::new(ProgressTracker::default());
@@ -1182,7 +1150,7 @@ mod tests {
 
         for role in [Role::Esp, Role::Ephemeral] {
             let part = report.partition(role).unwrap();
-            let loop_part = LoopDevice::attach(file.path(), Some((part.start, part.size)));
+            let loop_part = LoopDevice::over(file.path(), part.start, part.size, false);
             // fsck.fat exits 0 even when it lists problems: only its header and summary may appear.
             let fsck = run("fsck.vfat", &["-n", &loop_part.0]);
             assert_eq!(fsck.lines().count(), 2, "{role}: {fsck}");
@@ -1190,7 +1158,7 @@ mod tests {
         let esp = report.partition(Role::Esp).unwrap();
         assert_eq!(blkid(dev_path, esp).0, "vfat");
         assert_eq!(blkid(dev_path, esp).1, "EFI-PART");
-        let loop_esp = LoopDevice::attach(file.path(), Some((esp.start, esp.size)));
+        let loop_esp = LoopDevice::over(file.path(), esp.start, esp.size, false);
         assert_eq!(run("blkid", &["-p", "-s", "VERSION", "-o", "value", &loop_esp.0]).trim(), "FAT32");
         let (fs_type, label, _) = blkid(dev_path, report.partition(Role::Ephemeral).unwrap());
         assert_eq!((fs_type.as_str(), label.as_str()), ("vfat", "EPHEMERAL0"));

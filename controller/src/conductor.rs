@@ -1500,6 +1500,20 @@ mod tests {
         JobOutcome { done: vec!["BMC 127.0.0.1:6230: done".into()], power_state: Some(PowerState::On), failure }
     }
 
+    /// Provisions a BMC node, has the BMC boot the ramdisk, then the agent look up and heartbeat:
+    /// the agent's token and the task it was given.
+    fn bmc_node_given_its_task(tx: &Tx<'_>, conductor: &Conductor, node: Node) -> Result<(String, Task), Error> {
+        let boot = conductor.provision(tx, node, Verb::Active, Utc::now())?.job.unwrap();
+        let boot_lock = take_lock(tx)?;
+        conductor.finish_job(tx, UUID, &boot_lock, &boot, outcome(None), Utc::now())?;
+        tx.release_node(UUID, &boot_lock.owner, &boot_lock.expires_at)?;
+        let node = tx.node_by_uuid(UUID)?.unwrap();
+        let token = conductor.lookup(tx, node, Utc::now())?.config.agent_token;
+        let node = tx.node_by_uuid(UUID)?.unwrap();
+        let task = conductor.heartbeat(tx, node, heartbeat(&token, None), Utc::now())?.response.task.unwrap();
+        Ok((token, task))
+    }
+
     fn unreachable() -> crate::bmc::BmcError {
         crate::bmc::BmcError::Unreachable {
             bmc: "127.0.0.1:6230".into(),
@@ -1565,14 +1579,7 @@ mod tests {
     async fn a_written_image_on_a_bmc_node_is_booted_by_the_bmc_not_the_agent() {
         let (dispatched, job, deploying, active) = with_node(ipmi_node(), |tx, node| {
             let conductor = conductor(Duration::from_secs(60));
-            let boot = conductor.provision(tx, node, Verb::Active, Utc::now())?.job.unwrap();
-            let boot_lock = take_lock(tx)?;
-            conductor.finish_job(tx, UUID, &boot_lock, &boot, outcome(None), Utc::now())?;
-            tx.release_node(UUID, &boot_lock.owner, &boot_lock.expires_at)?;
-            let node = tx.node_by_uuid(UUID)?.unwrap();
-            let token = conductor.lookup(tx, node, Utc::now())?.config.agent_token;
-            let node = tx.node_by_uuid(UUID)?.unwrap();
-            let task = conductor.heartbeat(tx, node, heartbeat(&token, None), Utc::now())?.response.task.unwrap();
+            let (token, task) = bmc_node_given_its_task(tx, &conductor, node)?;
             let node = tx.node_by_uuid(UUID)?.unwrap();
             let done = heartbeat(&token, Some(report(&task, CommandStatus::Succeeded)));
             let outcome_of_report = conductor.heartbeat(tx, node, done, Utc::now())?;
@@ -1880,14 +1887,7 @@ mod tests {
     async fn a_bmc_node_stores_the_result_when_it_takes_over_the_boot() {
         let node = with_node(ipmi_node(), |tx, node| {
             let conductor = conductor(Duration::from_secs(60));
-            let boot = conductor.provision(tx, node, Verb::Active, Utc::now())?.job.unwrap();
-            let boot_lock = take_lock(tx)?;
-            conductor.finish_job(tx, UUID, &boot_lock, &boot, outcome(None), Utc::now())?;
-            tx.release_node(UUID, &boot_lock.owner, &boot_lock.expires_at)?;
-            let node = tx.node_by_uuid(UUID)?.unwrap();
-            let token = conductor.lookup(tx, node, Utc::now())?.config.agent_token;
-            let node = tx.node_by_uuid(UUID)?.unwrap();
-            let task = conductor.heartbeat(tx, node, heartbeat(&token, None), Utc::now())?.response.task.unwrap();
+            let (token, task) = bmc_node_given_its_task(tx, &conductor, node)?;
             let done = CommandResult {
                 command_result: Some(to_json(&write_result())),
                 ..report(&task, CommandStatus::Succeeded)

@@ -289,7 +289,8 @@ fn at_offset(disk: &Path, offset: u64) -> std::ffi::OsString {
     arg
 }
 
-fn remove_if_present(path: &Path) -> Result<(), PathIoError> {
+/// Removes `path`; one that is already absent is fine.
+pub(crate) fn remove_if_present(path: &Path) -> Result<(), PathIoError> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(PathIoError::at("remove", path)(e)),
         _ => Ok(()),

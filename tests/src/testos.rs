@@ -20,6 +20,7 @@ use ferric_image_builder::cpio::{Archive, CpioError};
 use ferric_runner::CommandError;
 use sha2::{Digest, Sha256};
 
+use crate::images::remove_if_present;
 use crate::path_io::PathIoError;
 
 /// The marker line's prefix; the full line is `FERRIC-TESTOS-BOOTED <token>`.
@@ -351,13 +352,6 @@ fn create_dir(path: &Path) -> Result<(), PathIoError> {
 
 fn write(path: &Path, contents: &[u8]) -> Result<(), PathIoError> {
     fs::write(path, contents).map_err(PathIoError::at("write", path))
-}
-
-fn remove_if_present(path: &Path) -> Result<(), PathIoError> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(PathIoError::at("remove", path)(e)),
-        _ => Ok(()),
-    }
 }
 
 #[cfg(test)]
