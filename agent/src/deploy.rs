@@ -203,7 +203,7 @@ impl Job {
             let partition = configdrive::write_to_whole_disk(target, iso)
                 .map_err(|source| DeployError::WriteConfigDrive { disk: self.disk.clone(), source })?;
             tracing::info!(number = partition.number, uuid = %partition.uuid, "config drive written");
-            uuids.insert("configdrive partition uuid".to_owned(), partition.uuid);
+            uuids.insert(ferric_protocol::CONFIG_DRIVE_UUID_KEY.to_owned(), partition.uuid);
         }
         self.reread_partitions();
         // An image without an ESP or a loader we recognise (a BIOS image, say) boots as the firmware

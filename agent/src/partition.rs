@@ -170,7 +170,7 @@ impl Role {
         match self {
             Role::Root => Some("root uuid"),
             Role::Esp => Some("efi system partition uuid"),
-            Role::ConfigDrive => Some("configdrive partition uuid"),
+            Role::ConfigDrive => Some(ferric_protocol::CONFIG_DRIVE_UUID_KEY),
             Role::Swap => Some("swap partition uuid"),
             Role::Ephemeral => Some("ephemeral partition uuid"),
             Role::BiosBoot => None,
@@ -365,7 +365,7 @@ pub struct PartitionReport {
     pub label: Label,
     /// GPT disk GUID, or the msdos disk identifier as 8 hex digits.
     pub disk_identifier: String,
-    /// IPA's keys (`root uuid`, `efi system partition uuid`, `configdrive partition uuid`,
+    /// IPA's keys (`root uuid`, `efi system partition uuid`, [`ferric_protocol::CONFIG_DRIVE_UUID_KEY`],
     /// `swap partition uuid`, `ephemeral partition uuid`). IPA reports a filesystem UUID where
     /// lsblk shows one and the PARTUUID otherwise; these are always PARTUUIDs (GPT partition GUID,
     /// msdos `<disk id>-<nn>`), which `root=PARTUUID=` and the firmware understand without

@@ -1817,7 +1817,7 @@ mod tests {
             partition_uuids: [
                 ("root uuid".to_owned(), "1b2c3d4e-0000-4000-8000-000000000001".to_owned()),
                 ("efi system partition uuid".to_owned(), "1b2c3d4e-0000-4000-8000-000000000002".to_owned()),
-                ("configdrive partition uuid".to_owned(), "1b2c3d4e-0000-4000-8000-000000000003".to_owned()),
+                (ferric_protocol::CONFIG_DRIVE_UUID_KEY.to_owned(), "1b2c3d4e-0000-4000-8000-000000000003".to_owned()),
             ]
             .into(),
             boot_entry: Some("Boot0003 \"ferric\" \\EFI\\debian\\shimx64.efi".into()),

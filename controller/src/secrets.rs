@@ -74,4 +74,13 @@ mod tests {
         assert_eq!(masked["agent_secret_token"], MASK);
         assert_eq!(masked["configdrive"], MASK);
     }
+
+    #[test]
+    fn partition_uuids_reported_by_the_agent_stay_readable() {
+        let Value::Object(info) = json!({"partition_uuids": {ferric_protocol::CONFIG_DRIVE_UUID_KEY: "0c7e1a1e"}})
+        else {
+            unreachable!()
+        };
+        assert_eq!(mask_object(&info)["partition_uuids"][ferric_protocol::CONFIG_DRIVE_UUID_KEY], "0c7e1a1e");
+    }
 }

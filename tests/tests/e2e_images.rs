@@ -121,7 +121,8 @@ fn qcow2_whole_disk_with_config_drive_from_json() {
     assert!(found.primary_gpt && found.backup_gpt && found.mbr_signature, "{found:?}");
     // The node records the partitions' PARTUUIDs as the agent reported them, matching the disk.
     let internal = &outcome.boot.node["driver_internal_info"];
-    for (key, partition) in [("efi system partition uuid", esp), ("configdrive partition uuid", config_drive)] {
+    for (key, partition) in [("efi system partition uuid", esp), (ferric_protocol::CONFIG_DRIVE_UUID_KEY, config_drive)]
+    {
         let uuid = internal["partition_uuids"][key].as_str().unwrap_or_default().to_ascii_uppercase();
         let info = ok(ferric_runner::run(
             "read a partition's GUID",

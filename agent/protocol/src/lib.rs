@@ -194,6 +194,10 @@ pub struct ImageInfo {
     pub enable_bios_bootloader_install: bool,
 }
 
+/// The key of the config drive's PARTUUID in [`WriteImageResult::partition_uuids`]. Not spelled
+/// `configdrive`: the API masks every key containing that word, as Ironic does.
+pub const CONFIG_DRIVE_UUID_KEY: &str = "config drive partition uuid";
+
 /// What a successful `write_image` reports in [`CommandResult::command_result`].
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct WriteImageResult {
@@ -208,7 +212,7 @@ pub struct WriteImageResult {
     pub seconds: f64,
     pub mib_per_second: f64,
     /// IPA's `get_partition_uuids` shape: `root uuid`, `efi system partition uuid`,
-    /// `configdrive partition uuid`, ...; whole-disk images give the disk's identifier as `root uuid`.
+    /// [`CONFIG_DRIVE_UUID_KEY`], ...; whole-disk images give the disk's identifier as `root uuid`.
     #[serde(default)]
     pub partition_uuids: std::collections::BTreeMap<String, String>,
     /// The UEFI boot entry created for the deployed OS, e.g. `Boot0003 "ferric" \EFI\ferric\grubx64.efi`.
