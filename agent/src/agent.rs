@@ -187,7 +187,7 @@ fn start(task: Task, http: &reqwest::Client, config: &AgentConfig, shared: &Shar
         }
         Command::Reboot => power(config, shared, report.result(CommandStatus::Succeeded, None, None), Power::Reboot),
         Command::PowerOff => power(config, shared, report.result(CommandStatus::Succeeded, None, None), Power::Off),
-        Command::ExecuteCleanStep { step } => {
+        Command::ExecuteCleanStep { step, .. } => {
             let reason = format!("clean step {}.{} is not supported by this agent yet", step.interface, step.step);
             tracing::error!("{reason}");
             shared.set_command(report.result(CommandStatus::Failed, Some(reason), None));

@@ -19,8 +19,10 @@ pub fn scan(root: &Path, boot_mac: Option<&str>) -> Inventory {
         boot: Boot {
             current_boot_mode: if root.join("sys/firmware/efi").exists() { "uefi" } else { "bios" }.to_owned(),
             pxe_interface: boot_mac.map(str::to_owned),
+            secure_boot: None,
         },
         hostname: read_trimmed(&root.join("proc/sys/kernel/hostname")),
+        ..Default::default()
     }
 }
 
@@ -58,6 +60,7 @@ fn interfaces(root: &Path) -> Vec<Interface> {
                 driver: link_name(&dir.join("device/driver")),
                 pci_address: pci_address(&dir.join("device")),
                 name,
+                ..Default::default()
             })
         })
         .collect()
@@ -86,6 +89,7 @@ fn cpu(root: &Path) -> Cpu {
         count: text.lines().filter(|l| l.split(':').next().map(str::trim) == Some("processor")).count() as u32,
         architecture: std::env::consts::ARCH.to_owned(),
         flags: field("flags").map(|f| f.split_whitespace().map(str::to_owned).collect()).unwrap_or_default(),
+        socket_count: 1,
     }
 }
 
@@ -127,6 +131,7 @@ fn disks(root: &Path) -> Vec<Disk> {
                 serial: read_trimmed(&dir.join("serial")).or_else(|| read_trimmed(&dir.join("device/serial"))),
                 wwn: read_trimmed(&dir.join("wwid")).or_else(|| read_trimmed(&dir.join("device/wwid"))),
                 name: format!("/dev/{name}"),
+                ..Default::default()
             })
         })
         .collect()

@@ -731,7 +731,10 @@ impl Change<'_, '_> {
         };
         node.clean_step = json_object(to_json(&step));
         node.driver_internal_info.insert(CLEAN_STEP_INDEX.to_owned(), Value::from(index));
-        let task = Task { id: uuid::Uuid::new_v4().to_string(), command: Command::ExecuteCleanStep { step } };
+        let task = Task {
+            id: uuid::Uuid::new_v4().to_string(),
+            command: Command::ExecuteCleanStep { step, skip_block_devices: skip_block_devices(node) },
+        };
         assign_task(node, &task);
         let event = format!(
             "Clean step {} sent to the agent as task {}",
@@ -954,6 +957,11 @@ fn is_cleaning(state: ProvisionState) -> bool {
     )
 }
 
+/// `properties.skip_block_devices`: disks the agent must neither choose nor clean.
+fn skip_block_devices(node: &Node) -> Vec<Value> {
+    node.properties.get("skip_block_devices").and_then(Value::as_array).cloned().unwrap_or_default()
+}
+
 /// The steps of the manual cleaning under way.
 fn clean_steps(node: &Node) -> Vec<CleanStep> {
     node.driver_internal_info
@@ -1022,7 +1030,8 @@ fn image_info(node: &Node) -> Result<ImageInfo, String> {
         os_hash_algo: text("image_os_hash_algo"),
         os_hash_value: text("image_os_hash_value"),
         disk_format: text("image_disk_format"),
-        root_device: node.properties.get("root_device").cloned(),
+        root_device: info.get("root_device").or_else(|| node.properties.get("root_device")).cloned(),
+        skip_block_devices: skip_block_devices(node),
         image_type,
         root_mb,
         swap_mb: size_field(info, "swap_mb")?,

@@ -178,7 +178,7 @@ async fn manual_cleaning_runs_each_step_in_order_and_returns_to_manageable() {
     let first = server.heartbeat(&heartbeat(&token, None)).await.task.expect("the first clean step");
     let expected_first =
         CleanStep { interface: "deploy".into(), step: "erase_devices_metadata".into(), args: json!({}) };
-    assert_eq!(first.command, Command::ExecuteCleanStep { step: expected_first });
+    assert_eq!(first.command, Command::ExecuteCleanStep { step: expected_first, skip_block_devices: vec![] });
     let node = server.node().await;
     assert_eq!(node["clean_step"], json!({"interface": "deploy", "step": "erase_devices_metadata", "args": {}}));
     assert_eq!(
@@ -190,7 +190,7 @@ async fn manual_cleaning_runs_each_step_in_order_and_returns_to_manageable() {
     let second = server.heartbeat(&done).await.task.expect("the second clean step");
     let expected_second =
         CleanStep { interface: "raid".into(), step: "delete_configuration".into(), args: json!({"force": true}) };
-    assert_eq!(second.command, Command::ExecuteCleanStep { step: expected_second });
+    assert_eq!(second.command, Command::ExecuteCleanStep { step: expected_second, skip_block_devices: vec![] });
     let node = server.node().await;
     assert_eq!(node["provision_state"], "clean wait");
     assert_eq!(node["target_provision_state"], "manageable");

@@ -11,6 +11,16 @@ pub struct Inventory {
     pub boot: Boot,
     #[serde(default)]
     pub hostname: Option<String>,
+    /// IPv4 address of the BMC, from the node's in-band IPMI device; `None` without one.
+    #[serde(default)]
+    pub bmc_address: Option<String>,
+    #[serde(default)]
+    pub bmc_v6address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bmc_mac: Option<String>,
+    /// From DMI (`/sys/class/dmi/id`).
+    #[serde(default)]
+    pub system_vendor: SystemVendor,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -19,7 +29,21 @@ pub struct Interface {
     pub mac_address: String,
     #[serde(default)]
     pub ipv4_address: Option<String>,
+    #[serde(default)]
+    pub ipv6_address: Option<String>,
     pub has_carrier: bool,
+    /// LLDP TLVs heard on the interface: `[type, value as hex]` pairs, IPA's shape.
+    #[serde(default)]
+    pub lldp: Option<Vec<(u8, String)>>,
+    /// PCI vendor and device IDs, e.g. `0x1af4`.
+    #[serde(default)]
+    pub vendor: Option<String>,
+    #[serde(default)]
+    pub product: Option<String>,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub biosdevname: Option<String>,
     #[serde(default)]
     pub speed_mbps: Option<u64>,
     #[serde(default)]
@@ -37,6 +61,8 @@ pub struct Cpu {
     pub architecture: String,
     #[serde(default)]
     pub flags: Vec<String>,
+    #[serde(default)]
+    pub socket_count: u32,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -54,6 +80,25 @@ pub struct Disk {
     pub serial: Option<String>,
     #[serde(default)]
     pub wwn: Option<String>,
+    #[serde(default)]
+    pub wwn_with_extension: Option<String>,
+    #[serde(default)]
+    pub wwn_vendor_extension: Option<String>,
+    /// SCSI address `host:channel:target:lun`, for SCSI, SATA and SAS disks.
+    #[serde(default)]
+    pub hctl: Option<String>,
+    /// Stable path, e.g. `/dev/disk/by-path/pci-0000:00:04.0`.
+    #[serde(default)]
+    pub by_path: Option<String>,
+    /// Logical sector size in bytes.
+    #[serde(default)]
+    pub logical_sectors: Option<u64>,
+    /// Physical sector size in bytes.
+    #[serde(default)]
+    pub physical_sectors: Option<u64>,
+    /// Transport, as lsblk's TRAN: `sata`, `sas`, `nvme`, `virtio`, `usb`, ...
+    #[serde(default)]
+    pub tran: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -70,4 +115,29 @@ pub struct Boot {
     /// MAC of the interface the node PXE-booted from (`BOOTIF`).
     #[serde(default)]
     pub pxe_interface: Option<String>,
+    /// UEFI Secure Boot is on (the `SecureBoot` EFI variable); `None` under BIOS or when unreadable.
+    #[serde(default)]
+    pub secure_boot: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SystemVendor {
+    #[serde(default)]
+    pub product_name: Option<String>,
+    #[serde(default)]
+    pub serial_number: Option<String>,
+    #[serde(default)]
+    pub manufacturer: Option<String>,
+    #[serde(default)]
+    pub firmware: Firmware,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Firmware {
+    #[serde(default)]
+    pub vendor: Option<String>,
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub build_date: Option<String>,
 }

@@ -121,8 +121,13 @@ pub enum Command {
     Reboot,
     /// Flush and power the node off (IPA's `standby.power_off`).
     PowerOff,
-    /// Run one clean step (IPA's `clean.execute_clean_step`).
-    ExecuteCleanStep { step: CleanStep },
+    /// Run one clean step (IPA's `clean.execute_clean_step`) on every disk but the skipped ones.
+    ExecuteCleanStep {
+        step: CleanStep,
+        /// `properties.skip_block_devices`: hint dicts of disks never touched.
+        #[serde(default)]
+        skip_block_devices: Vec<Value>,
+    },
 }
 
 impl Command {
@@ -163,6 +168,9 @@ pub struct ImageInfo {
     /// Root-device hints (`properties.root_device`); absent means Ironic's default choice.
     #[serde(default)]
     pub root_device: Option<Value>,
+    /// `properties.skip_block_devices`: hint dicts of disks never chosen.
+    #[serde(default)]
+    pub skip_block_devices: Vec<Value>,
     /// `partition` for a partition image (a root filesystem); absent or `whole-disk` for a whole disk.
     #[serde(default)]
     pub image_type: Option<String>,
@@ -218,6 +226,31 @@ pub struct WriteImageResult {
     /// The UEFI boot entry created for the deployed OS, e.g. `Boot0003 "ferric" \EFI\ferric\grubx64.efi`.
     #[serde(default)]
     pub boot_entry: Option<String>,
+}
+
+/// What a successful clean step reports in [`CommandResult::command_result`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CleanStepResult {
+    pub step: String,
+    /// One entry per disk the step worked on, in the order done.
+    pub devices: Vec<ErasedDevice>,
+}
+
+/// How one disk was cleaned and how fast.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ErasedDevice {
+    /// e.g. `/dev/nvme0n1`.
+    pub device: String,
+    /// e.g. `nvme format (user data erase)`, `ata secure erase`, `write zeroes`, `discard`, `zero fill`,
+    /// `metadata`.
+    pub method: String,
+    /// Bytes the method covered (the disk's size for a full erase).
+    pub bytes: u64,
+    pub seconds: f64,
+    pub mib_per_second: f64,
+    /// Sampled blocks read back and found zero after the erase (0 for metadata erasure).
+    #[serde(default)]
+    pub samples_verified: u32,
 }
 
 /// IPA's command result object, reported by the agent in every heartbeat.
@@ -289,10 +322,11 @@ mod tests {
     #[test]
     fn clean_steps_travel_with_interface_step_and_args() {
         let step = CleanStep { interface: "deploy".into(), step: "erase_devices".into(), args: serde_json::json!({}) };
-        let json = serde_json::to_value(Command::ExecuteCleanStep { step: step.clone() }).unwrap();
+        let command = Command::ExecuteCleanStep { step: step.clone(), skip_block_devices: vec![] };
+        let json = serde_json::to_value(&command).unwrap();
         assert_eq!(json["command_name"], "execute_clean_step");
         assert_eq!(json["params"]["step"]["step"], "erase_devices");
-        assert_eq!(serde_json::from_value::<Command>(json).unwrap(), Command::ExecuteCleanStep { step });
+        assert_eq!(serde_json::from_value::<Command>(json).unwrap(), command);
     }
 
     #[test]
