@@ -8,6 +8,7 @@ packages=(
     qemu-system-x86 ovmf ipxe-qemu systemd-boot-efi binutils gdisk dosfstools mtools cpio busybox-static
     kmod xz-utils zstd dnsmasq-base iproute2 python3-venv openipmi ipmitool ipxe curl
     qemu-utils e2fsprogs fdisk util-linux mount xorriso genisoimage openssl
+    mdadm xfsprogs lvm2 lldpd hdparm
 )
 
 as_root() {
@@ -25,6 +26,14 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "setup: installing ${missing[*]}"
     as_root apt-get update
+    # No daemon may start from a package (lldpd would send LLDP on the host's real network): tests run
+    # their own copies inside network namespaces. policy-rc.d exit 101 forbids service starts.
+    policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+        as_root chmod 755 "$policy"
+        trap 'as_root rm -f "$policy"' EXIT
+    fi
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 else
     echo "setup: all ${#packages[@]} packages present"
