@@ -16,10 +16,9 @@ use crate::disklabel::{self, DiskLabelError, LabelKind};
 use crate::download::{self, DownloadConfig, DownloadError};
 use crate::efi::{self, EfiError};
 use crate::image::{write_image, WriteError, WriteReport};
-use crate::inventory;
 use crate::partition::{self, BootMode, Layout, PartitionError, PartitionRequest, Role};
 use crate::progress::ProgressTracker;
-use crate::root_disk::{self, RootDiskError};
+use crate::root_disk::{self, DiskWait, RootDiskError};
 use crate::target::{FileTarget, Target};
 
 #[derive(Debug, thiserror::Error)]
@@ -115,8 +114,13 @@ pub async fn write_image_task(
     let disk_path = match &config.disk {
         Disk::Fixed(path) => path.clone(),
         Disk::Choose { root } => {
-            let disks = inventory::scan(root, None).disks;
-            PathBuf::from(&root_disk::choose(&disks, info.root_device.as_ref())?.name)
+            // Waits for late disks with blocking sleeps: off the async workers.
+            let (root, hints, skip) = (root.clone(), info.root_device.clone(), info.skip_block_devices.clone());
+            let chosen = tokio::task::spawn_blocking(move || {
+                root_disk::wait_and_choose(&root, hints.as_ref(), &skip, &DiskWait::default())
+            })
+            .await??;
+            PathBuf::from(chosen.name)
         }
     };
     let mut target =

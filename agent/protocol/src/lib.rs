@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub mod hints;
 pub mod inventory;
 
 pub use inventory::Inventory;
