@@ -78,18 +78,28 @@ impl DownloadArgs {
 
 #[derive(Subcommand)]
 enum DebugCmd {
-    /// The hardware inventory as JSON.
+    /// The hardware inventory as JSON. With root `/` it includes the live-only data (addresses, LLDP,
+    /// BMC address); any other root (a fixture tree) is only scanned.
     Inventory {
         #[arg(long, default_value = "/")]
         root: PathBuf,
+        /// MAC of the NIC the node booted from (`boot.pxe_interface`).
+        #[arg(long)]
+        boot_mac: Option<String>,
+        /// Seconds to listen for LLDP neighbours on the interfaces with carrier.
+        #[arg(long, default_value_t = inventory::LiveOptions::default().lldp_window.as_secs())]
+        lldp_seconds: u64,
     },
-    /// The disk a deploy would write to.
+    /// The disk a deploy would write to, as JSON; or why there is none, listing the disks seen.
     RootDisk {
         #[arg(long, default_value = "/")]
         root: PathBuf,
-        /// Root-device hints as JSON.
+        /// Root-device hints as JSON (Ironic's `root_device`), e.g. '{"serial": "S123", "size": ">= 100"}'.
         #[arg(long)]
         hints: Option<String>,
+        /// `skip_block_devices` as a JSON list of hint dicts, e.g. '[{"name": "/dev/sda"}]'.
+        #[arg(long)]
+        skip: Option<String>,
     },
 }
 
@@ -118,15 +128,33 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(agent::run(config, log_tail))
         }
-        Cmd::Debug { what: DebugCmd::Inventory { root } } => {
-            println!("{}", serde_json::to_string_pretty(&inventory::scan(&root, None))?);
+        Cmd::Debug { what: DebugCmd::Inventory { root, boot_mac, lldp_seconds } } => {
+            let boot_mac = match boot_mac {
+                Some(mac) => Some(ferric_protocol::normalize_mac(&mac).context("--boot-mac is not a MAC address")?),
+                None => None,
+            };
+            let inventory = if root == Path::new("/") {
+                let options =
+                    inventory::LiveOptions { lldp_window: Duration::from_secs(lldp_seconds), ..Default::default() };
+                inventory::collect(&root, boot_mac.as_deref(), &options)
+            } else {
+                inventory::scan(&root, boot_mac.as_deref())
+            };
+            println!("{}", serde_json::to_string_pretty(&inventory)?);
             Ok(())
         }
-        Cmd::Debug { what: DebugCmd::RootDisk { root, hints } } => {
-            let hints = hints.map(|h| serde_json::from_str(&h)).transpose().context("--hints is not JSON")?;
-            let disks = inventory::scan(&root, None).disks;
-            let disk = root_disk::choose(&disks, hints.as_ref())?;
-            println!("{}", serde_json::to_string_pretty(disk)?);
+        Cmd::Debug { what: DebugCmd::RootDisk { root, hints, skip } } => {
+            let hints: Option<serde_json::Value> =
+                hints.map(|h| serde_json::from_str(&h)).transpose().context("--hints is not JSON")?;
+            let skip: Vec<serde_json::Value> = skip
+                .map(|s| serde_json::from_str(&s))
+                .transpose()
+                .context("--skip is not a JSON list")?
+                .unwrap_or_default();
+            // One look, as a deploy's first: a debug command does not wait for late disks.
+            let once = root_disk::DiskWait { attempts: 1, delay: Duration::ZERO };
+            let disk = root_disk::wait_and_choose(&root, hints.as_ref(), &skip, &once)?;
+            println!("{}", serde_json::to_string_pretty(&disk)?);
             Ok(())
         }
     }
