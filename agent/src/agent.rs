@@ -1,13 +1,14 @@
 //! The agent's life in the ramdisk: look itself up, then heartbeat and run the tasks it is given.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use ferric_protocol::{Command, CommandResult, CommandStatus, Heartbeat, LookupResponse, Task};
+use ferric_protocol::{Command, CommandResult, CommandStatus, Heartbeat, Inventory, LookupResponse, Task};
 
+use crate::clean::{self, CleanEnv};
 use crate::client::ControllerClient;
 use crate::deploy::{self, DeployConfig};
 use crate::inventory;
@@ -89,6 +90,26 @@ fn boot_mac_first(config: &AgentConfig) -> Vec<String> {
     macs
 }
 
+/// The inventory sent with the first heartbeat. On the live system (root `/`) it includes what
+/// only sockets and the BMC device tell (addresses, LLDP, BMC address), which takes a few seconds.
+async fn gather_inventory(config: &AgentConfig) -> Inventory {
+    let (root, boot_mac) = (config.root.clone(), config.boot_mac.clone());
+    let gathered = tokio::task::spawn_blocking(move || {
+        if root == Path::new("/") {
+            inventory::collect(&root, boot_mac.as_deref(), &inventory::LiveOptions::default())
+        } else {
+            inventory::scan(&root, boot_mac.as_deref())
+        }
+    });
+    match gathered.await {
+        Ok(found) => found,
+        Err(error) => {
+            tracing::error!("gathering the inventory failed: {error}");
+            inventory::scan(&config.root, config.boot_mac.as_deref())
+        }
+    }
+}
+
 /// Keeps a fresh token on disk, or reuses the saved one when the controller masks it (agent restart).
 fn adopt_token(config: &AgentConfig, found: LookupResponse) -> anyhow::Result<(String, String, Duration)> {
     let path = config.state_dir.join("agent-token");
@@ -118,7 +139,7 @@ async fn heartbeat_loop(
     token: &str,
     mut interval: Duration,
 ) {
-    let mut inventory_sent = false;
+    let mut inventory = Some(gather_inventory(config).await);
     let mut refusals = 0;
     loop {
         let command = shared.command();
@@ -131,11 +152,11 @@ async fn heartbeat_loop(
                 .then(|| shared.progress.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|p| p.snapshot()))
                 .flatten(),
             log_tail: log_tail.lines(),
-            inventory: (!inventory_sent).then(|| inventory::scan(&config.root, config.boot_mac.as_deref())),
+            inventory: inventory.clone(),
         };
         let pause = match client.heartbeat(node, &heartbeat).await {
             Ok(response) => {
-                inventory_sent = true;
+                inventory = None;
                 refusals = 0;
                 interval = Duration::from_secs(response.heartbeat_interval.max(1));
                 if let Some(task) = response.task {
@@ -187,12 +208,34 @@ fn start(task: Task, http: &reqwest::Client, config: &AgentConfig, shared: &Shar
         }
         Command::Reboot => power(config, shared, report.result(CommandStatus::Succeeded, None, None), Power::Reboot),
         Command::PowerOff => power(config, shared, report.result(CommandStatus::Succeeded, None, None), Power::Off),
-        Command::ExecuteCleanStep { step, .. } => {
-            let reason = format!("clean step {}.{} is not supported by this agent yet", step.interface, step.step);
-            tracing::error!("{reason}");
-            shared.set_command(report.result(CommandStatus::Failed, Some(reason), None));
+        Command::ExecuteCleanStep { step, skip_block_devices } => {
+            let progress = Arc::new(ProgressTracker::default());
+            *shared.progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(progress.clone());
+            let (env, shared) = (clean_env(config), shared.clone());
+            tokio::spawn(async move {
+                // Erasing blocks for minutes to hours: a blocking thread, so heartbeats keep going.
+                let cleaned = tokio::task::spawn_blocking(move || {
+                    clean::execute_clean_step(&step, &skip_block_devices, &env, &progress)
+                        .map(|result| serde_json::to_value(result).unwrap_or(serde_json::Value::Null))
+                })
+                .await;
+                shared.set_command(match cleaned {
+                    Ok(outcome) => report.finish(outcome),
+                    Err(stopped) => report.finish(Err::<serde_json::Value, _>(stopped)),
+                });
+            });
         }
     }
+}
+
+/// Cleaning touches the disks a deploy could: the inventory's in the ramdisk, only `--target-disk`
+/// when one is given (outside the ramdisk the agent must not erase the machine it runs on).
+fn clean_env(config: &AgentConfig) -> CleanEnv {
+    let mut env = CleanEnv::new(&config.root);
+    if let deploy::Disk::Fixed(path) = &config.deploy.disk {
+        env.devices = Some(vec![path.clone()]);
+    }
+    env
 }
 
 /// Builds the IPA-shaped result objects of one task.
@@ -247,4 +290,36 @@ fn power(config: &AgentConfig, shared: &Shared, done: CommandResult, action: Pow
     };
     let Err(e) = nix::sys::reboot::reboot(how);
     tracing::error!("{action:?} failed: {e}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::download::DownloadConfig;
+    use crate::partition::BootMode;
+
+    #[test]
+    fn cleaning_reaches_only_the_target_disk_when_one_is_given() {
+        let cases = [
+            ("--target-disk", deploy::Disk::Fixed("/dev/loop7".into()), Some(vec![PathBuf::from("/dev/loop7")])),
+            ("ramdisk: the inventory", deploy::Disk::Choose { root: "/".into() }, None),
+        ];
+        for (name, disk, devices) in cases {
+            let config = AgentConfig {
+                api_url: "http://127.0.0.1:1".into(),
+                boot_mac: None,
+                root: "/fixture".into(),
+                state_dir: "/run/ferric".into(),
+                deploy: DeployConfig {
+                    disk,
+                    download: DownloadConfig::default(),
+                    booted: BootMode::Uefi,
+                    configure_boot: false,
+                },
+                power_actions: false,
+            };
+            let env = clean_env(&config);
+            assert_eq!((env.devices, env.root), (devices, PathBuf::from("/fixture")), "{name}");
+        }
+    }
 }

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod bootloader;
 pub mod checksum;
+pub mod clean;
 pub mod client;
 pub mod configdrive;
 pub mod deploy;

@@ -4,7 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -28,6 +28,12 @@ pub trait Target: Send {
     fn sync(&mut self) -> io::Result<()>;
     /// Human name for logs and errors (e.g. `/dev/vda`).
     fn describe(&self) -> String;
+    /// Discards `len` bytes at `offset` (BLKDISCARD). Devices may read back zeros, the old data or
+    /// anything else afterwards, so callers check. `Ok(false)` when the target cannot discard.
+    fn discard(&mut self, offset: u64, len: u64) -> io::Result<bool>;
+    /// Syncs, then drops what the page cache holds of the target, so that reads come from the device:
+    /// after a hardware erase the cache still holds the data from before it.
+    fn drop_cache(&mut self) -> io::Result<()>;
 }
 
 /// Checks that `len` bytes at `offset` lie inside a target of `size` bytes.
@@ -52,6 +58,7 @@ pub struct FileTarget {
     direct: Option<File>,
     size: u64,
     path: PathBuf,
+    block_device: bool,
 }
 
 impl FileTarget {
@@ -61,7 +68,8 @@ impl FileTarget {
         // Seeking to the end gives the size of block devices as well as of files.
         let size = file.seek(SeekFrom::End(0))?;
         let direct = OpenOptions::new().write(true).custom_flags(OFlag::O_DIRECT.bits()).open(path).ok();
-        Ok(Self { file, direct, size, path: path.to_owned() })
+        let block_device = file.metadata()?.file_type().is_block_device();
+        Ok(Self { file, direct, size, path: path.to_owned(), block_device })
     }
 
     /// How many leading bytes of `buf` can be written at `offset` with O_DIRECT.
@@ -127,6 +135,43 @@ impl Target for FileTarget {
     fn describe(&self) -> String {
         self.path.display().to_string()
     }
+
+    fn discard(&mut self, offset: u64, len: u64) -> io::Result<bool> {
+        check_range(offset, len, self.size, "discard")?;
+        if !self.block_device {
+            return Ok(false);
+        }
+        if len == 0 {
+            return Ok(true);
+        }
+        match blkdiscard(&self.file, offset, len) {
+            Ok(()) => Ok(true),
+            // Unaligned ranges, or devices (and loop backing files) without discard.
+            Err(Errno::EOPNOTSUPP | Errno::EINVAL | Errno::ENOTTY) => Ok(false),
+            Err(errno) => Err(errno.into()),
+        }
+    }
+
+    fn drop_cache(&mut self) -> io::Result<()> {
+        self.sync()?;
+        // Offset 0 and length 0: the whole file or device. Clean pages are dropped, dirty ones stay (none
+        // are left after the sync).
+        posix_fadvise(self.file.as_raw_fd(), 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED)?;
+        Ok(())
+    }
+}
+
+#[allow(unsafe_code)]
+mod ioctl {
+    // BLKDISCARD = _IO(0x12, 119), from linux/fs.h; its argument points at {start, length} in bytes.
+    nix::ioctl_write_ptr_bad!(blkdiscard, nix::request_code_none!(0x12, 119), [u64; 2]);
+}
+
+#[allow(unsafe_code)]
+fn blkdiscard(file: &File, offset: u64, len: u64) -> nix::Result<()> {
+    let range = [offset, len];
+    // SAFETY: the kernel reads two u64 values from `range`, which outlives the call; the descriptor is open.
+    unsafe { ioctl::blkdiscard(file.as_raw_fd(), &range) }.map(drop)
 }
 
 /// A byte range of another target (a partition), with every access checked against the range.
@@ -182,6 +227,15 @@ impl Target for Slice<'_> {
     fn describe(&self) -> String {
         format!("{} bytes {}..{}", self.inner.describe(), self.start, self.start.saturating_add(self.len))
     }
+
+    fn discard(&mut self, offset: u64, len: u64) -> io::Result<bool> {
+        let inner_offset = self.inner_offset(offset, len, "discard")?;
+        self.inner.discard(inner_offset, len)
+    }
+
+    fn drop_cache(&mut self) -> io::Result<()> {
+        self.inner.drop_cache()
+    }
 }
 
 /// How a [`FaultyTarget`] fails.
@@ -193,7 +247,7 @@ pub enum Fault {
     ShortWriteAfter(u64),
     /// `sync` fails with EIO.
     SyncEio,
-    /// `zero_fast` answers "cannot", as a device without discard or write-zeroes support.
+    /// `zero_fast` and `discard` answer "cannot", as a device without discard or write-zeroes support.
     NoFastZeroing,
 }
 
@@ -256,6 +310,20 @@ impl<T: Target> Target for FaultyTarget<T> {
 
     fn describe(&self) -> String {
         format!("{} (fault-injecting: {:?})", self.inner.describe(), self.fault)
+    }
+
+    fn discard(&mut self, offset: u64, len: u64) -> io::Result<bool> {
+        if self.fault == Fault::NoFastZeroing {
+            return Ok(false);
+        }
+        self.inner.discard(offset, len)
+    }
+
+    fn drop_cache(&mut self) -> io::Result<()> {
+        if self.fault == Fault::SyncEio {
+            return Err(Errno::EIO.into());
+        }
+        self.inner.drop_cache()
     }
 }
 
@@ -351,6 +419,47 @@ mod tests {
         assert!(buf[3 << 20..].iter().all(|b| *b == 0xee));
         // Block devices refuse ranges that are not sector-aligned: the caller writes zeros instead.
         assert!(!t.zero_fast(1, 4096).unwrap());
+    }
+
+    #[test]
+    fn discard_on_devices_slices_and_files() {
+        let dev = Loop::new(4 << 20, 0xee);
+        let mut t = FileTarget::open(&dev.device).unwrap();
+        assert!(t.discard(1 << 20, 1 << 20).unwrap(), "loop devices discard (holes in the backing file)");
+        let mut slice = Slice::new(&mut t, 3 << 20, 1 << 20);
+        assert!(slice.discard(0, 512 << 10).unwrap());
+        assert_eq!(slice.discard(0, (1 << 20) + 512).unwrap_err().kind(), io::ErrorKind::StorageFull);
+        assert!(!t.discard(1, 4096).unwrap(), "unaligned ranges are refused, not an error");
+        let mut data = vec![0u8; 4 << 20];
+        t.read_at(0, &mut data).unwrap();
+        let zeroed = |range: std::ops::Range<usize>| data[range].iter().all(|b| *b == 0);
+        assert!(zeroed(1 << 20..2 << 20) && zeroed(3 << 20..(3 << 20) + (512 << 10)));
+        assert!(data[..1 << 20].iter().chain(&data[2 << 20..3 << 20]).all(|b| *b == 0xee));
+
+        let (f, mut file) = filled_file(8192, 0xee);
+        assert!(!file.discard(0, 4096).unwrap(), "regular files have no discard (zero_fast punches holes)");
+        let mut faulty = FaultyTarget::new(FileTarget::open(&dev.device).unwrap(), Fault::NoFastZeroing);
+        assert!(!faulty.discard(0, 4096).unwrap());
+        assert!(std::fs::read(f.path()).unwrap().iter().all(|b| *b == 0xee));
+    }
+
+    #[test]
+    fn drop_cache_makes_reads_come_from_the_device() {
+        let dev = Loop::new(1 << 20, 0xee);
+        let mut t = FileTarget::open(&dev.device).unwrap();
+        let mut buf = [0u8; 4096];
+        t.read_at(0, &mut buf).unwrap();
+        // Change what the device holds behind the block device's page cache, as a hardware erase does.
+        let backing = OpenOptions::new().write(true).open(dev._backing.path()).unwrap();
+        backing.write_all_at(&[0u8; 4096], 0).unwrap();
+        backing.sync_all().unwrap();
+        t.read_at(0, &mut buf).unwrap();
+        assert_eq!(buf[0], 0xee, "still the cached data");
+        t.drop_cache().unwrap();
+        t.read_at(0, &mut buf).unwrap();
+        assert!(buf.iter().all(|b| *b == 0), "read from the device after dropping the cache");
+        let mut faulty = FaultyTarget::new(t, Fault::SyncEio);
+        assert_eq!(faulty.drop_cache().unwrap_err().raw_os_error(), Some(Errno::EIO as i32));
     }
 
     /// `len` bytes starting `misalign` bytes past a [`DIRECT_IO_ALIGNMENT`] boundary, filled with a pattern.
