@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use ferric_protocol::hints::parse_root_device_hints;
 use ferric_protocol::{
-    CleanStep, Command, CommandResult, CommandStatus, Heartbeat, HeartbeatResponse, ImageInfo, Inventory, LookupConfig,
-    LookupNode, LookupResponse, Task, WriteImageResult, MASKED_TOKEN,
+    CleanStep, CleanStepResult, Command, CommandResult, CommandStatus, Heartbeat, HeartbeatResponse, ImageInfo,
+    Inventory, LookupConfig, LookupNode, LookupResponse, Task, WriteImageResult, MASKED_TOKEN,
 };
 use serde_json::{json, Value};
 use tokio::time::MissedTickBehavior;
@@ -43,11 +44,16 @@ pub const ROOT_UUID_OR_DISK_ID: &str = "root_uuid_or_disk_id";
 pub const EFI_SYSTEM_PARTITION_UUID: &str = "efi_system_partition_uuid";
 pub const PARTITION_UUIDS: &str = "partition_uuids";
 pub const IS_WHOLE_DISK_IMAGE: &str = "is_whole_disk_image";
-/// `driver_internal_info` keys of a manual cleaning: the requested steps and the one running (Ironic's names).
+/// `driver_internal_info` keys of a cleaning: its steps and the one running (Ironic's names).
 pub const CLEAN_STEPS: &str = "clean_steps";
 pub const CLEAN_STEP_INDEX: &str = "clean_step_index";
+/// `driver_internal_info` key of what the agent reported for each step of the last cleaning: a list
+/// of [`CleanStepResult`]s whose `step` is `interface.step`.
+pub const CLEAN_STEP_RESULTS: &str = "clean_step_results";
 /// Interfaces a clean step may name (Ironic's clean step schema, minus those without steps here).
 pub const CLEAN_STEP_INTERFACES: &[&str] = &["deploy", "power", "management", "bios", "raid", "firmware", "vendor"];
+/// The deploy interface's clean steps: those the agent runs.
+pub const DEPLOY_CLEAN_STEPS: &[&str] = &["erase_devices", "erase_devices_metadata"];
 /// Ironic's `fault` for a node put in maintenance by a failed clean step.
 pub const FAULT_CLEAN_FAILURE: &str = "clean failure";
 const INSPECTION_ABORTED: &str = "Inspection was aborted by request.";
@@ -115,6 +121,35 @@ impl Conductor {
         Bmc::for_node(node, &self.config.bmc).map_err(|error| {
             Error::Invalid(format!("Failed to validate power/management for node {}: {error}", node.uuid))
         })
+    }
+
+    /// Whether automated cleaning is on for `node`: its own `automated_clean`, else the controller's
+    /// (Ironic's `skip_automated_cleaning`).
+    pub fn automated_clean_enabled(&self, node: &Node) -> bool {
+        node.automated_clean.unwrap_or(self.config.automated_clean)
+    }
+
+    /// The steps of automated cleaning, highest priority first: the agent's erase steps with their
+    /// configured priorities, those at 0 left out (Ironic's `[deploy]erase_devices*_priority`).
+    pub fn automated_clean_steps(&self) -> Vec<(CleanStep, u32)> {
+        let mut steps: Vec<(CleanStep, u32)> = [
+            ("erase_devices_metadata", self.config.erase_devices_metadata_priority),
+            ("erase_devices", self.config.erase_devices_priority),
+        ]
+        .into_iter()
+        .filter(|(_, priority)| *priority > 0)
+        .map(|(step, priority)| {
+            (CleanStep { interface: "deploy".to_owned(), step: step.to_owned(), args: json!({}) }, priority)
+        })
+        .collect();
+        // A stable sort: on equal priorities the metadata erase, quick and already hiding the data, goes first.
+        steps.sort_by_key(|(_, priority)| std::cmp::Reverse(*priority));
+        steps
+    }
+
+    /// Whether `provide` or undeploy will have the agent clean `node` (if it has a BMC to boot the ramdisk).
+    fn will_clean(&self, node: &Node) -> bool {
+        self.automated_clean_enabled(node) && !self.automated_clean_steps().is_empty()
     }
 
     /// A job for `node`'s BMC; sets the node's `target_power_state` if the job changes power.
@@ -192,8 +227,10 @@ impl Conductor {
             Verb::Provide => {
                 wipe_agent_state(&mut node);
                 node.last_error = None;
+                // Checked before the state changes, and only when the BMC will boot the ramdisk.
+                let bmc = if self.will_clean(&node) { self.bmc_for(&node)? } else { None };
                 change.apply(&mut node, event, &requested)?;
-                change.apply(&mut node, Event::Done, "Cleaning finished: no clean steps yet")?;
+                job = change.start_automated_cleaning(&mut node, bmc)?;
             }
             Verb::Active | Verb::Deploy | Verb::Rebuild => {
                 if node.maintenance {
@@ -228,17 +265,17 @@ impl Conductor {
                 node.instance_info = JsonObject::new();
                 node.instance_uuid = None;
                 let torn_down = "Tear down finished: instance_info cleared";
-                let cleaned = "Cleaning finished: no clean steps yet";
                 match bmc {
+                    // Automated cleaning follows once the node is off (see `finish_job`).
                     Some(bmc) => {
                         let purpose = "Tear down";
                         let steps = [BmcStep::Power(PowerAction::Off)];
-                        let on_success = [(Event::Clean, torn_down), (Event::Done, cleaned)];
+                        let on_success = [(Event::Clean, torn_down)];
                         job = Some(self.job(&mut node, bmc, purpose, &steps, &on_success, Some(Event::Fail)));
                     }
                     None => {
                         change.apply(&mut node, Event::Clean, torn_down)?;
-                        change.apply(&mut node, Event::Done, cleaned)?;
+                        job = change.start_automated_cleaning(&mut node, None)?;
                     }
                 }
             }
@@ -306,6 +343,7 @@ impl Conductor {
         wipe_agent_state(&mut node);
         end_cleaning(&mut node);
         node.last_error = None;
+        node.driver_internal_info.remove(CLEAN_STEP_RESULTS);
         node.driver_internal_info.insert(CLEAN_STEPS.to_owned(), to_json(&steps));
         change.apply(&mut node, Event::Clean, "Provisioning action \"clean\" requested")?;
         let waiting = "Waiting for the agent to call back";
@@ -384,7 +422,9 @@ impl Conductor {
                 Some(inventory) => change.finish_inspection(&mut node, inventory)?,
                 None => Dispatch::report_only(None),
             },
-            ProvisionState::Active | ProvisionState::Manageable => pending_final_task(&mut node, &heartbeat),
+            ProvisionState::Active | ProvisionState::Manageable | ProvisionState::Available => {
+                pending_final_task(&mut node, &heartbeat)
+            }
             _ => Dispatch::report_only(None),
         };
         match changed {
@@ -441,7 +481,8 @@ impl Conductor {
     /// Records what a BMC job did on its node (locked by the job): an event per step, the power
     /// state reached, then the job's transitions, or on failure `last_error`, an error event and
     /// the failure transition. A job whose lock lapsed and was taken over records nothing: the
-    /// node is someone else's now.
+    /// node is someone else's now. A tear down leaves the node in `cleaning`, where automated
+    /// cleaning goes on: the job booting the ramdisk is returned, with the lock renewed for it.
     pub fn finish_job(
         &self,
         tx: &Tx<'_>,
@@ -450,10 +491,10 @@ impl Conductor {
         job: &BmcJob,
         outcome: JobOutcome,
         now: DateTime<Utc>,
-    ) -> Result<(), Error> {
+    ) -> Result<Option<(NodeLock, BmcJob)>, Error> {
         if !tx.holds_reservation(uuid, &lock.owner, &lock.expires_at)? {
             tracing::error!(node = %uuid, "the node's lock lapsed during its BMC work; its outcome is dropped");
-            return Ok(());
+            return Ok(None);
         }
         let mut node = tx.node_by_uuid(uuid)?.ok_or_else(|| Error::NodeNotFound(uuid.to_owned()))?;
         let change = Change { tx, conductor: self, now };
@@ -464,16 +505,22 @@ impl Conductor {
             node.power_state = Some(state.as_str().to_owned());
         }
         node.target_power_state = None;
+        let mut next = None;
         match outcome.failure_message(&job.purpose) {
             None => {
                 for (event, cause) in &job.on_success {
                     change.apply(&mut node, *event, cause)?;
                 }
+                if node.provision_state == ProvisionState::Cleaning {
+                    if let Some(boot) = change.start_automated_cleaning(&mut node, Some(job.bmc.clone()))? {
+                        next = Some((lock.renew(tx, crate::jobs::lock_ttl(&self.config.bmc))?, boot));
+                    }
+                }
             }
             Some(reason) => self.fail_job(&change, &mut node, job.on_failure, &reason)?,
         }
         change.save(&mut node)?;
-        Ok(())
+        Ok(next)
     }
 
     /// Fails the job of a node whose outcome could not be recorded, so that it leaves its job state.
@@ -689,7 +736,39 @@ impl Change<'_, '_> {
         Ok(Dispatch::node_changed(Some(assign_final_task(node, Command::PowerOff))))
     }
 
-    /// The manual cleaning's next task for a heartbeat in `clean wait`.
+    /// Automated cleaning of a node just moved to `cleaning` (by provide or a tear down), as Ironic's
+    /// `do_node_clean`: the steps are stored and the BMC boots the ramdisk (the returned job), whose
+    /// agent runs them one by one from its heartbeats. With automated cleaning off, no step enabled, or
+    /// no BMC to boot the ramdisk (`bmc` is `None`), the cleaning finishes at once in `available`.
+    fn start_automated_cleaning(&self, node: &mut Node, bmc: Option<Bmc>) -> Result<Option<BmcJob>, Error> {
+        end_cleaning(node);
+        node.driver_internal_info.remove(CLEAN_STEP_RESULTS);
+        let steps = self.conductor.automated_clean_steps();
+        let skipped = match bmc {
+            _ if !self.conductor.automated_clean_enabled(node) => "automated cleaning is disabled".to_owned(),
+            _ if steps.is_empty() => "no clean step is enabled (every priority is 0)".to_owned(),
+            None => format!("the {} driver has no BMC to boot the ramdisk, so no clean steps", node.driver),
+            Some(bmc) => {
+                let planned: Vec<PlannedStep> =
+                    steps.into_iter().map(|(step, priority)| PlannedStep { step, priority: Some(priority) }).collect();
+                let listed: Vec<String> = planned
+                    .iter()
+                    .map(|planned| format!("{} (priority {})", planned.id(), planned.priority.unwrap_or_default()))
+                    .collect();
+                node.driver_internal_info.insert(CLEAN_STEPS.to_owned(), to_json(&planned));
+                let event = format!("Automated cleaning: {}", listed.join(", "));
+                self.record(node, Severity::Info, EVENT_TYPE_CLEANING, &event, None, None)?;
+                let on_success = [(Event::Wait, "Waiting for the agent to call back")];
+                let purpose = "Booting the ramdisk for cleaning";
+                let job = self.conductor.job(node, bmc, purpose, &BOOT_RAMDISK, &on_success, Some(Event::Fail));
+                return Ok(Some(job));
+            }
+        };
+        self.apply(node, Event::Done, &format!("Cleaning finished: {skipped}"))?;
+        Ok(None)
+    }
+
+    /// The cleaning's next task for a heartbeat in `clean wait`.
     fn dispatch_clean(&self, node: &mut Node, heartbeat: &Heartbeat) -> Result<Dispatch, Error> {
         let index = node.driver_internal_info.get(CLEAN_STEP_INDEX).and_then(Value::as_u64).unwrap_or(0) as usize;
         let Some(task) = assigned_task(node) else {
@@ -709,7 +788,8 @@ impl Change<'_, '_> {
             }
             CommandStatus::Succeeded => {
                 node.driver_internal_info.remove(AGENT_TASK);
-                self.apply(node, Event::Resume, &format!("Clean step {step} succeeded"))?;
+                let event = record_clean_step_result(node, &step, report);
+                self.apply(node, Event::Resume, &event)?;
                 if index + 1 < clean_steps(node).len() {
                     self.apply(node, Event::Wait, "Waiting for the agent to run the next clean step")?;
                 }
@@ -718,29 +798,33 @@ impl Change<'_, '_> {
         }
     }
 
-    /// Sends step `index` of the manual cleaning to the agent, or, past the last step, ends
-    /// the cleaning in `manageable` and has the agent power the node off (Ironic's tear down).
+    /// Sends step `index` of the cleaning to the agent, or, past the last step, ends the cleaning
+    /// (manual in `manageable`, automated in `available`) and has the agent power the node off
+    /// (Ironic's tear down of the cleaning).
     fn send_clean_step(&self, node: &mut Node, index: usize) -> Result<Dispatch, Error> {
-        let Some(step) = clean_steps(node).into_iter().nth(index) else {
+        let Some(planned) = clean_steps(node).into_iter().nth(index) else {
             if node.provision_state == ProvisionState::CleanWait {
                 self.apply(node, Event::Resume, "No clean step left")?;
             }
-            end_cleaning(node);
-            self.apply(node, Event::Manage, "Manual cleaning finished: powering the node off")?;
+            let manual = node.target_provision_state == Some(ProvisionState::Manageable);
+            // The agent's token stays valid until it acknowledges the power off (see `pending_final_task`).
+            forget_clean_steps(node);
+            if manual {
+                self.apply(node, Event::Manage, "Manual cleaning finished: powering the node off")?;
+            } else {
+                self.apply(node, Event::Done, "Automated cleaning finished: powering the node off")?;
+            }
             return Ok(Dispatch::node_changed(Some(assign_final_task(node, Command::PowerOff))));
         };
-        node.clean_step = json_object(to_json(&step));
+        node.clean_step = json_object(to_json(&planned));
         node.driver_internal_info.insert(CLEAN_STEP_INDEX.to_owned(), Value::from(index));
+        let event_step = planned.id();
         let task = Task {
             id: uuid::Uuid::new_v4().to_string(),
-            command: Command::ExecuteCleanStep { step, skip_block_devices: skip_block_devices(node) },
+            command: Command::ExecuteCleanStep { step: planned.step, skip_block_devices: skip_block_devices(node) },
         };
         assign_task(node, &task);
-        let event = format!(
-            "Clean step {} sent to the agent as task {}",
-            step_id(&node.clean_step).unwrap_or_default(),
-            task.id
-        );
+        let event = format!("Clean step {event_step} sent to the agent as task {}", task.id);
         self.record(node, Severity::Info, EVENT_TYPE_CLEANING, &event, None, None)?;
         Ok(Dispatch::node_changed(Some(task)))
     }
@@ -879,6 +963,39 @@ pub fn validate_deploy_image(node: &Node) -> Result<(), Error> {
     )))
 }
 
+/// Checks the disk hints a node carries, as Ironic checks root device hints when they are set:
+/// `properties.root_device`, `instance_info.root_device`, and each entry of
+/// `properties.skip_block_devices` (hints, or a RAID volume's `{"volume_name": ...}`, as IPA reads
+/// them). The message names the hint or the entry at fault.
+pub fn check_disk_hints(node: &Node) -> Result<(), String> {
+    for (field, object) in [("properties", &node.properties), ("instance_info", &node.instance_info)] {
+        if let Some(hints) = object.get("root_device").filter(|hints| !hints.is_null()) {
+            parse_root_device_hints(hints).map_err(|error| {
+                format!("Invalid root device hint {}: {} ({field}.root_device)", error.hint, error.reason)
+            })?;
+        }
+    }
+    let entries = match node.properties.get("skip_block_devices") {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::Array(entries)) => entries,
+        Some(other) => return Err(format!("Invalid properties.skip_block_devices: {other} is not a list")),
+    };
+    for entry in entries {
+        let invalid = |reason: String| format!("Invalid properties.skip_block_devices entry {entry}: {reason}");
+        let Value::Object(fields) = entry else { return Err(invalid("it is not an object".to_owned())) };
+        match fields.get("volume_name") {
+            Some(Value::String(_)) => continue,
+            Some(other) => return Err(invalid(format!("volume_name {other} is not a string"))),
+            None => {}
+        }
+        let hints = parse_root_device_hints(entry).map_err(|error| invalid(error.to_string()))?;
+        if hints.is_empty() {
+            return Err(invalid("an entry without hints would skip every disk".to_owned()));
+        }
+    }
+    Ok(())
+}
+
 /// Ends the agent's work, as Ironic's `wipe_token_and_url` at the end of an operation: its
 /// token stops working, and its task and step are dropped. Its last reports stay visible.
 fn end_agent_work(node: &mut Node) {
@@ -962,12 +1079,82 @@ fn skip_block_devices(node: &Node) -> Vec<Value> {
     node.properties.get("skip_block_devices").and_then(Value::as_array).cloned().unwrap_or_default()
 }
 
-/// The steps of the manual cleaning under way.
-fn clean_steps(node: &Node) -> Vec<CleanStep> {
+/// A step of the cleaning under way, as kept in `driver_internal_info` and shown as `clean_step`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct PlannedStep {
+    #[serde(flatten)]
+    step: CleanStep,
+    /// The step's priority in automated cleaning; manual cleaning runs steps in the order given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    priority: Option<u32>,
+}
+
+impl PlannedStep {
+    /// Ironic's `step_id`: `interface.step`.
+    fn id(&self) -> String {
+        format!("{}.{}", self.step.interface, self.step.step)
+    }
+}
+
+/// The steps of the cleaning under way.
+fn clean_steps(node: &Node) -> Vec<PlannedStep> {
     node.driver_internal_info
         .get(CLEAN_STEPS)
         .and_then(|steps| serde_json::from_value(steps.clone()).ok())
         .unwrap_or_default()
+}
+
+/// Keeps the figures of a succeeded step's [`CleanStepResult`] in `clean_step_results`, and returns
+/// the history text: each disk with its method, size, time and throughput.
+fn record_clean_step_result(node: &mut Node, step: &str, report: &CommandResult) -> String {
+    let mut event = format!("Clean step {step} succeeded");
+    let result = report.command_result.as_ref().and_then(|value| {
+        serde_json::from_value::<CleanStepResult>(value.clone())
+            .inspect_err(|error| tracing::warn!(node = %node.uuid, %error, "unreadable clean step result"))
+            .ok()
+    });
+    let Some(mut result) = result else { return event };
+    result.step = step.to_owned();
+    let devices: Vec<String> = result.devices.iter().map(describe_erased_device).collect();
+    let described = if devices.is_empty() { "no disk to clean".to_owned() } else { devices.join("; ") };
+    event.push_str(&format!(": {described}"));
+    let results = node.driver_internal_info.entry(CLEAN_STEP_RESULTS).or_insert_with(|| Value::Array(Vec::new()));
+    match results {
+        Value::Array(list) => list.push(to_json(&result)),
+        other => *other = Value::Array(vec![to_json(&result)]),
+    }
+    event
+}
+
+/// `/dev/vda write zeroes 3072 MiB in 1.2 s (2560 MiB/s, 66 samples verified)`.
+fn describe_erased_device(device: &ferric_protocol::ErasedDevice) -> String {
+    const MIB: f64 = 1048576.0;
+    let size = if device.bytes >= 1 << 20 {
+        format!("{} MiB", figure(device.bytes as f64 / MIB))
+    } else {
+        format!("{} bytes", device.bytes)
+    };
+    let mut text = format!(
+        "{} {} {size} in {:.1} s ({} MiB/s",
+        device.device,
+        device.method,
+        device.seconds,
+        figure(device.mib_per_second)
+    );
+    if device.samples_verified > 0 {
+        text.push_str(&format!(", {} samples verified", device.samples_verified));
+    }
+    text.push(')');
+    text
+}
+
+/// A figure with one decimal below 100, whole above.
+fn figure(value: f64) -> String {
+    if value >= 100.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.1}")
+    }
 }
 
 /// Ironic's `step_id`: `interface.step`, or `None` without a step.
@@ -976,9 +1163,14 @@ fn step_id(step: &JsonObject) -> Option<String> {
     Some(format!("{}.{}", text("interface")?, text("step")?))
 }
 
-/// Ends a manual cleaning: its steps and the running step are forgotten, and the agent's work ends.
+/// Ends a cleaning: its steps are forgotten, and the agent's work ends.
 fn end_cleaning(node: &mut Node) {
     end_agent_work(node);
+    forget_clean_steps(node);
+}
+
+/// Forgets the steps of a cleaning and the running one. The results of its steps stay, for the operator.
+fn forget_clean_steps(node: &mut Node) {
     node.clean_step = JsonObject::new();
     node.driver_internal_info.remove(CLEAN_STEPS);
     node.driver_internal_info.remove(CLEAN_STEP_INDEX);
@@ -1007,6 +1199,7 @@ fn set_properties_from_inventory(node: &mut Node, inventory: &Inventory) {
 /// is wrong with them (naming the field). Sizes may be JSON numbers or numeric strings, as Ironic
 /// accepts both; gigabytes become mebibytes.
 fn image_info(node: &Node) -> Result<ImageInfo, String> {
+    check_disk_hints(node)?;
     let info = &node.instance_info;
     let text = |key: &str| info.get(key).and_then(Value::as_str).map(str::to_owned);
     let set = |key: &str| info.get(key).is_some_and(|value| !value.is_null() && value != "");
@@ -1030,7 +1223,10 @@ fn image_info(node: &Node) -> Result<ImageInfo, String> {
         os_hash_algo: text("image_os_hash_algo"),
         os_hash_value: text("image_os_hash_value"),
         disk_format: text("image_disk_format"),
-        root_device: info.get("root_device").or_else(|| node.properties.get("root_device")).cloned(),
+        root_device: [info, &node.properties]
+            .into_iter()
+            .find_map(|fields| fields.get("root_device").filter(|hints| !hints.is_null()))
+            .cloned(),
         skip_block_devices: skip_block_devices(node),
         image_type,
         root_mb,
@@ -1890,6 +2086,129 @@ mod tests {
             }
             assert!(history.iter().any(|event| event.event == "Deploy step deploy.write_image succeeded"), "{name}");
         }
+    }
+
+    #[test]
+    fn automated_steps_follow_the_configured_priorities() {
+        /// Name, metadata and erase priorities, and the steps with their priorities.
+        type Case = (&'static str, u32, u32, &'static [(&'static str, u32)]);
+        let cases: [Case; 5] = [
+            ("IPA's", 99, 10, &[("erase_devices_metadata", 99), ("erase_devices", 10)]),
+            ("metadata only", 99, 0, &[("erase_devices_metadata", 99)]),
+            ("erase only", 0, 10, &[("erase_devices", 10)]),
+            ("reversed", 1, 2, &[("erase_devices", 2), ("erase_devices_metadata", 1)]),
+            ("none", 0, 0, &[]),
+        ];
+        for (name, metadata, erase, expected) in cases {
+            let mut config = Config::new("unused.sqlite".into(), "http://h", "unused".into());
+            config.erase_devices_metadata_priority = metadata;
+            config.erase_devices_priority = erase;
+            let steps = Conductor::new(Arc::new(config)).automated_clean_steps();
+            let got: Vec<(&str, u32)> = steps.iter().map(|(step, priority)| (step.step.as_str(), *priority)).collect();
+            assert_eq!(got, expected, "{name}");
+            assert!(steps.iter().all(|(step, _)| step.interface == "deploy" && step.args == json!({})), "{name}");
+        }
+    }
+
+    #[test]
+    fn erased_devices_read_as_method_size_time_and_throughput() {
+        let device = |method: &str, bytes, seconds, mib_per_second, samples_verified| ferric_protocol::ErasedDevice {
+            device: "/dev/vda".into(),
+            method: method.into(),
+            bytes,
+            seconds,
+            mib_per_second,
+            samples_verified,
+        };
+        let cases = [
+            (
+                "verified zero fill",
+                device("write zeroes", 3072 << 20, 1.2, 2560.0, 66),
+                "/dev/vda write zeroes 3072 MiB in 1.2 s (2560 MiB/s, 66 samples verified)",
+            ),
+            (
+                "metadata, under a MiB",
+                device("metadata", 17408, 0.04, 0.42, 0),
+                "/dev/vda metadata 17408 bytes in 0.0 s (0.4 MiB/s)",
+            ),
+            (
+                "slow and partial MiB",
+                device("zero fill", (3 << 20) + (1 << 19), 7.0, 0.5, 2),
+                "/dev/vda zero fill 3.5 MiB in 7.0 s (0.5 MiB/s, 2 samples verified)",
+            ),
+        ];
+        for (name, erased, expected) in cases {
+            assert_eq!(describe_erased_device(&erased), expected, "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_hints_are_refused_at_deploy_and_instance_hints_win() {
+        let mut node = available_node();
+        node.properties.insert("root_device".into(), json!({"size": "huge"}));
+        let refused = with_node(node, |tx, node| {
+            conductor(Duration::from_secs(60)).provision(tx, node, Verb::Active, Utc::now()).map(|_| ())
+        })
+        .await
+        .unwrap_err();
+        assert!(refused.to_string().contains("Invalid root device hint size: "), "{refused}");
+
+        let cases = [
+            ("properties only", json!({"serial": "P"}), None, Some(json!({"serial": "P"}))),
+            ("instance wins", json!({"serial": "P"}), Some(json!({"serial": "I"})), Some(json!({"serial": "I"}))),
+            ("null instance hints", json!({"serial": "P"}), Some(Value::Null), Some(json!({"serial": "P"}))),
+            ("none", Value::Null, None, None),
+        ];
+        for (name, properties, instance, expected) in cases {
+            let mut node = available_node();
+            node.properties.insert("root_device".into(), properties);
+            if let Some(instance) = instance {
+                node.instance_info.insert("root_device".into(), instance);
+            }
+            assert_eq!(image_info(&node).unwrap().root_device, expected, "{name}");
+        }
+    }
+
+    /// Undeploys an active ipmi node and runs the tear down job; the follow-up job and lock, and the node.
+    async fn torn_down(automated_clean: Option<bool>) -> (Option<(NodeLock, BmcJob)>, NodeLock, Node) {
+        let mut node = ipmi_node();
+        node.provision_state = ProvisionState::Active;
+        node.automated_clean = automated_clean;
+        with_node(node, |tx, node| {
+            let conductor = conductor(Duration::from_secs(60));
+            let tear_down = conductor.provision(tx, node, Verb::Deleted, Utc::now())?.job.unwrap();
+            assert_eq!(tear_down.steps, [BmcStep::Power(PowerAction::Off)]);
+            let lock = take_lock(tx)?;
+            let next = conductor.finish_job(tx, UUID, &lock, &tear_down, outcome(None), Utc::now())?;
+            Ok((next, lock, tx.node_by_uuid(UUID)?.unwrap()))
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_torn_down_bmc_node_goes_on_to_boot_the_ramdisk_for_cleaning_under_its_renewed_lock() {
+        let (next, lock, node) = torn_down(None).await;
+        let (renewed, boot) = next.expect("the ramdisk boot follows");
+        assert_eq!(boot.steps, BOOT_RAMDISK);
+        assert_eq!(boot.purpose, "Booting the ramdisk for cleaning");
+        assert_eq!((renewed.uuid.as_str(), renewed.owner.as_str()), (UUID, lock.owner.as_str()));
+        assert!(renewed.expires_at > lock.expires_at, "{} <= {}", renewed.expires_at, lock.expires_at);
+        assert_eq!(node.provision_state, ProvisionState::Cleaning);
+        assert_eq!(node.target_provision_state, Some(ProvisionState::Available));
+        assert_eq!(node.target_power_state.as_deref(), Some("power on"));
+        let steps: Vec<String> = clean_steps(&node).into_iter().map(|planned| planned.id()).collect();
+        assert_eq!(steps, ["deploy.erase_devices_metadata", "deploy.erase_devices"]);
+    }
+
+    #[tokio::test]
+    async fn a_torn_down_bmc_node_without_automated_cleaning_is_available_at_once() {
+        let (next, _, node) = torn_down(Some(false)).await;
+        assert!(next.is_none());
+        assert_eq!(node.provision_state, ProvisionState::Available);
+        assert_eq!(node.target_provision_state, None);
+        assert_eq!(node.target_power_state, None);
+        assert!(!node.driver_internal_info.contains_key(CLEAN_STEPS));
     }
 
     #[tokio::test]

@@ -131,6 +131,17 @@ impl NodeLock {
         }
     }
 
+    /// The same lock held for `ttl` from now, for more work under it; fails with Ironic's
+    /// `NodeLocked` if it lapsed and someone took it over.
+    pub fn renew(&self, tx: &Tx<'_>, ttl: Duration) -> Result<NodeLock, Error> {
+        let expires_at = timestamp(Utc::now() + ttl);
+        if tx.renew_reservation(&self.uuid, &self.owner, &self.expires_at, &expires_at)? {
+            return Ok(NodeLock { expires_at, ..self.clone() });
+        }
+        let host = tx.node_by_uuid(&self.uuid)?.and_then(|node| node.reservation).unwrap_or_default();
+        Err(Error::NodeLocked { node: self.uuid.clone(), host })
+    }
+
     /// Ends the lock, unless it expired and someone took it over.
     pub async fn release(self, store: &Store) {
         let NodeLock { uuid, owner, expires_at } = self;
@@ -141,33 +152,74 @@ impl NodeLock {
     }
 }
 
-/// Runs `job` in the background, then records its outcome and releases `lock`. Whatever happens
-/// (a panic in a driver, a failed transaction), the node leaves its job state and its lock.
-pub fn spawn(state: AppState, lock: NodeLock, job: BmcJob) {
+/// Runs `job` in the background, then records its outcome, runs the job that follows it if any
+/// (the ramdisk boot of the cleaning after a tear down) under the renewed lock, and releases the
+/// lock. Whatever happens (a panic in a driver, a failed transaction), the node leaves its job
+/// state and its lock.
+pub fn spawn(state: AppState, mut lock: NodeLock, mut job: BmcJob) {
     tokio::spawn(async move {
-        let running = job.clone();
-        let outcome = match tokio::spawn(async move { execute(&running).await }).await {
-            Ok(outcome) => outcome,
-            Err(panic) => JobOutcome {
-                done: Vec::new(),
-                power_state: None,
-                failure: Some((job.steps[0], crate::bmc::BmcError::Internal(panic.to_string()))),
-            },
-        };
-        let conductor = state.conductor.clone();
-        let (uuid, job_lock) = (lock.uuid.clone(), lock.clone());
-        let recorded =
-            state.store.run(move |tx| conductor.finish_job(tx, &uuid, &job_lock, &job, outcome, Utc::now())).await;
-        if let Err(error) = recorded {
-            tracing::error!(node = %lock.uuid, error = %error_chain(&error), "cannot record the outcome of BMC work");
+        loop {
+            let running = job.clone();
+            let outcome = match tokio::spawn(async move { execute(&running).await }).await {
+                Ok(outcome) => outcome,
+                Err(panic) => JobOutcome {
+                    done: Vec::new(),
+                    power_state: None,
+                    failure: Some((job.steps[0], crate::bmc::BmcError::Internal(panic.to_string()))),
+                },
+            };
             let conductor = state.conductor.clone();
-            let uuid = lock.uuid.clone();
-            let reason = format!("The outcome of the BMC work could not be recorded: {}", error_chain(&error));
-            let abandoned = state.store.run(move |tx| conductor.abandon_job(tx, &uuid, &reason, Utc::now())).await;
-            if let Err(error) = abandoned {
-                tracing::error!(node = %lock.uuid, error = %error_chain(&error), "cannot fail the node either");
+            let (uuid, job_lock) = (lock.uuid.clone(), lock.clone());
+            let recorded =
+                state.store.run(move |tx| conductor.finish_job(tx, &uuid, &job_lock, &job, outcome, Utc::now())).await;
+            match recorded {
+                Ok(Some((renewed, next))) => (lock, job) = (renewed, next),
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::error!(node = %lock.uuid, error = %error_chain(&error), "cannot record the outcome of BMC work");
+                    let conductor = state.conductor.clone();
+                    let uuid = lock.uuid.clone();
+                    let reason = format!("The outcome of the BMC work could not be recorded: {}", error_chain(&error));
+                    let abandoned =
+                        state.store.run(move |tx| conductor.abandon_job(tx, &uuid, &reason, Utc::now())).await;
+                    if let Err(error) = abandoned {
+                        tracing::error!(node = %lock.uuid, error = %error_chain(&error), "cannot fail the node either");
+                    }
+                    break;
+                }
             }
         }
         lock.release(&state.store).await;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fsm::ProvisionState;
+    use crate::model::Node;
+
+    #[tokio::test]
+    async fn a_lock_is_renewed_only_while_it_is_still_held() {
+        let store = Store::open_in_memory().unwrap();
+        store
+            .run(|tx| {
+                tx.insert_node(&Node::new("n1".into(), "ipmi".into(), ProvisionState::Active, "t0".into()))?;
+                let lock = NodeLock::take(tx, "n1", "ferric", Duration::from_secs(1))?;
+                let renewed = lock.renew(tx, Duration::from_secs(600))?;
+                assert!(renewed.expires_at > lock.expires_at, "{} <= {}", renewed.expires_at, lock.expires_at);
+                assert!(tx.holds_reservation("n1", "ferric", &renewed.expires_at)?);
+                // The lock as it was before is gone: it cannot be renewed again.
+                assert!(matches!(lock.renew(tx, Duration::from_secs(600)), Err(Error::NodeLocked { .. })));
+                // Once the renewed lock lapses and another controller takes the node, it is theirs.
+                let later = Utc::now() + Duration::from_secs(700);
+                let taken = tx.reserve_node("n1", "other", &timestamp(later), &timestamp(later))?;
+                assert_eq!(taken, crate::store::Reservation::Granted);
+                let refused = renewed.renew(tx, Duration::from_secs(600));
+                assert!(matches!(&refused, Err(Error::NodeLocked { host, .. }) if host == "other"), "{refused:?}");
+                Ok::<_, Error>(())
+            })
+            .await
+            .unwrap();
+    }
 }

@@ -43,6 +43,10 @@ pub const DEFAULT_HEARTBEAT_INTERVAL_SECS: u64 = 2;
 pub const DEFAULT_POWER_SYNC_INTERVAL_SECS: u64 = 60;
 /// Ironic's `[conductor]power_state_sync_max_retries`: failed syncs in a row before maintenance.
 pub const DEFAULT_POWER_SYNC_MAX_FAILURES: u32 = 3;
+/// IPA's priority of `erase_devices`, which Ironic's `[deploy]erase_devices_priority` overrides.
+pub const DEFAULT_ERASE_DEVICES_PRIORITY: u32 = 10;
+/// IPA's priority of `erase_devices_metadata` (Ironic's `[deploy]erase_devices_metadata_priority`).
+pub const DEFAULT_ERASE_DEVICES_METADATA_PRIORITY: u32 = 99;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -78,6 +82,13 @@ pub struct Config {
     pub power_sync_max_failures: u32,
     /// DHCP for the machines' network (dnsmasq), if the controller takes part in it.
     pub dhcp: Option<dhcp::DhcpSetup>,
+    /// Whether nodes are cleaned between tenants and before their first use (Ironic's
+    /// `[conductor]automated_clean`); a node's own `automated_clean` overrides it.
+    pub automated_clean: bool,
+    /// Priority of the `erase_devices` step in automated cleaning; 0 leaves it out.
+    pub erase_devices_priority: u32,
+    /// Priority of the `erase_devices_metadata` step in automated cleaning; 0 leaves it out.
+    pub erase_devices_metadata_priority: u32,
 }
 
 impl Config {
@@ -100,6 +111,9 @@ impl Config {
             power_sync_interval: Duration::from_secs(DEFAULT_POWER_SYNC_INTERVAL_SECS),
             power_sync_max_failures: DEFAULT_POWER_SYNC_MAX_FAILURES,
             dhcp: None,
+            automated_clean: true,
+            erase_devices_priority: DEFAULT_ERASE_DEVICES_PRIORITY,
+            erase_devices_metadata_priority: DEFAULT_ERASE_DEVICES_METADATA_PRIORITY,
         }
     }
 }

@@ -11,8 +11,9 @@ use ferric_controller::bmc::BmcSettings;
 use ferric_controller::dhcp::{AddressMode, DhcpConfig, DhcpSetup, IpxeBinaries, DEFAULT_IPXE_DIR};
 use ferric_controller::{
     serve, Config, DEFAULT_CLEAN_CALLBACK_TIMEOUT_SECS, DEFAULT_DEPLOY_CALLBACK_TIMEOUT_SECS,
-    DEFAULT_HEARTBEAT_INTERVAL_SECS, DEFAULT_INSPECT_WAIT_TIMEOUT_SECS, DEFAULT_KERNEL_ARGS,
-    DEFAULT_POWER_SYNC_INTERVAL_SECS, DEFAULT_POWER_SYNC_MAX_FAILURES,
+    DEFAULT_ERASE_DEVICES_METADATA_PRIORITY, DEFAULT_ERASE_DEVICES_PRIORITY, DEFAULT_HEARTBEAT_INTERVAL_SECS,
+    DEFAULT_INSPECT_WAIT_TIMEOUT_SECS, DEFAULT_KERNEL_ARGS, DEFAULT_POWER_SYNC_INTERVAL_SECS,
+    DEFAULT_POWER_SYNC_MAX_FAILURES,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -109,6 +110,16 @@ struct ServeArgs {
     /// The operator's dnsmasq pid file, to signal it when the hosts file changed.
     #[arg(long, requires = "dhcp_hosts_file")]
     dhcp_pid_file: Option<PathBuf>,
+    /// Clean nodes with a BMC after undeploy and on provide (Ironic's `[conductor]automated_clean`);
+    /// a node's `automated_clean` field overrides it.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    automated_clean: bool,
+    /// Priority of the `erase_devices` clean step in automated cleaning (0 disables it).
+    #[arg(long, default_value_t = DEFAULT_ERASE_DEVICES_PRIORITY)]
+    erase_devices_priority: u32,
+    /// Priority of the `erase_devices_metadata` clean step in automated cleaning (0 disables it).
+    #[arg(long, default_value_t = DEFAULT_ERASE_DEVICES_METADATA_PRIORITY)]
+    erase_devices_metadata_priority: u32,
 }
 
 #[derive(Clone, clap::ValueEnum)]
@@ -135,6 +146,9 @@ async fn main() -> anyhow::Result<()> {
     config.default_resource_class = args.default_resource_class;
     config.power_sync_interval = Duration::from_secs(args.power_sync_interval.max(1));
     config.power_sync_max_failures = args.power_sync_max_failures.max(1);
+    config.automated_clean = args.automated_clean;
+    config.erase_devices_priority = args.erase_devices_priority;
+    config.erase_devices_metadata_priority = args.erase_devices_metadata_priority;
     config.bmc = BmcSettings {
         power_timeout: Duration::from_secs(args.power_timeout),
         command_timeout: Duration::from_secs(args.bmc_command_timeout),

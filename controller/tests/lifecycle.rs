@@ -205,6 +205,12 @@ async fn manual_cleaning_runs_each_step_in_order_and_returns_to_manageable() {
     assert_eq!(node["clean_step"], json!({}));
     assert!(node["last_error"].is_null());
     assert_eq!(node["maintenance"], false);
+    // The power off is told again until the agent acknowledges it; then its token ends.
+    assert_eq!(server.heartbeat(&heartbeat(&token, None)).await.task.as_ref(), Some(&power_off));
+    let acknowledged = heartbeat(&token, Some(report(&power_off, CommandStatus::Succeeded, None)));
+    assert_eq!(server.heartbeat(&acknowledged).await.task, None);
+    let after = server.heartbeat_raw(&serde_json::to_value(heartbeat(&token, None)).unwrap()).await;
+    assert_eq!(after.status(), StatusCode::BAD_REQUEST);
 
     let expected = [
         ("enroll", "verifying"),
@@ -311,6 +317,14 @@ async fn clean_requests_are_checked() {
         let message = fault(refused).await;
         assert!(message.contains("clean_steps"), "{malformed}: {message}");
     }
+    // The deploy interface's steps are the agent's; another name is refused, listing them.
+    let unknown = clean(&server, json!([{"interface": "deploy", "step": "erase_devices_express"}])).await;
+    assert_eq!(unknown.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        fault(unknown).await,
+        "node does not support this clean step: {'interface': 'deploy', 'step': 'erase_devices_express'}; the \
+         deploy interface's clean steps are erase_devices, erase_devices_metadata"
+    );
     let elsewhere = server
         .api(Method::PUT, &format!("/v1/nodes/{NODE_UUID}/states/provision"))
         .json(&json!({"target": "provide", "clean_steps": [{"interface": "deploy", "step": "erase_devices"}]}))

@@ -287,7 +287,7 @@ fn py_repr_str(text: &str) -> String {
 }
 
 /// Python's `repr` of a JSON value.
-fn py_repr(value: &Value) -> String {
+pub(super) fn py_repr(value: &Value) -> String {
     match value {
         Value::Null => "None".to_owned(),
         Value::Bool(true) => "True".to_owned(),

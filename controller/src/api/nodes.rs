@@ -16,7 +16,7 @@ use super::microversion::{self, ApiVersion};
 use super::node_fields::{self, WritableField, WRITABLE_FIELDS};
 use super::node_view::{self, DEFAULT_LIST_FIELDS};
 use super::{patch, BaseUrl, JsonBody, NodeIdent, QueryParams};
-use crate::conductor::refuse_if_protected;
+use crate::conductor::{check_disk_hints, refuse_if_protected};
 use crate::error::Error;
 use crate::fsm::{self, ProvisionState};
 use crate::model::{timestamp, Node};
@@ -118,6 +118,7 @@ pub async fn create(
     let mut node = Node::new(uuid, driver, initial_state, timestamp(Utc::now()));
     node_fields::apply(&mut node, &object, fields)?;
     drivers::check_interfaces(&node)?;
+    check_disk_hints(&node).map_err(Error::Invalid)?;
     if node.resource_class.is_none() {
         node.resource_class.clone_from(&state.config.default_resource_class);
     }
@@ -304,6 +305,7 @@ pub async fn update(
             }
             node_fields::apply(&mut node, &patched, fields)?;
             drivers::check_interfaces(&node)?;
+            check_disk_hints(&node).map_err(Error::Invalid)?;
             if !node.maintenance {
                 node.maintenance_reason = None;
             }

@@ -9,8 +9,9 @@ use chrono::Utc;
 use serde_json::{json, Value};
 
 use super::microversion::{self, ApiVersion};
+use super::node_fields::py_repr;
 use super::{lock, node_view, BaseUrl, JsonBody, NodeIdent};
-use crate::conductor::{clean_steps_required, CLEAN_STEP_INTERFACES};
+use crate::conductor::{clean_steps_required, CLEAN_STEP_INTERFACES, DEPLOY_CLEAN_STEPS};
 use crate::error::Error;
 use crate::fsm::{ProvisionState, Verb};
 use crate::AppState;
@@ -175,6 +176,14 @@ fn parse_clean_steps(steps: &Value) -> Result<Vec<CleanStep>, Error> {
                 Some(args @ Value::Object(_)) => args.clone(),
                 Some(other) => return Err(invalid(format!("{other} is not of type 'object' (\"args\")"))),
             };
+            // Ironic's check of the steps against the driver's (`_validate_user_steps`), listing the agent's.
+            if interface == "deploy" && !DEPLOY_CLEAN_STEPS.contains(&name.as_str()) {
+                return Err(Error::Invalid(format!(
+                    "node does not support this clean step: {}; the deploy interface's clean steps are {}",
+                    py_repr(step),
+                    DEPLOY_CLEAN_STEPS.join(", ")
+                )));
+            }
             Ok(CleanStep { interface, step: name, args })
         })
         .collect()

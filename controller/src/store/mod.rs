@@ -356,6 +356,23 @@ impl Tx<'_> {
         Ok(holder.map_or(Reservation::NoSuchNode, Reservation::HeldBy))
     }
 
+    /// Moves the expiry of the reservation [`Tx::reserve_node`] granted to `new_expires_at`, if it is
+    /// still that one (not taken over); whether it was.
+    pub fn renew_reservation(
+        &self,
+        uuid: &str,
+        owner: &str,
+        expires_at: &str,
+        new_expires_at: &str,
+    ) -> Result<bool, StoreError> {
+        let renewed = self.0.execute(
+            "UPDATE nodes SET reservation_expires_at = ?4
+             WHERE uuid = ?1 AND reservation = ?2 AND reservation_expires_at = ?3",
+            params![uuid, owner, expires_at, new_expires_at],
+        )?;
+        Ok(renewed > 0)
+    }
+
     /// Ends the reservation [`Tx::reserve_node`] granted, if it is still that one (not taken over).
     pub fn release_node(&self, uuid: &str, owner: &str, expires_at: &str) -> Result<(), StoreError> {
         self.0.execute(

@@ -1,6 +1,8 @@
 //! A real controller on 127.0.0.1:0 with a fresh database, and helpers to talk to it.
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
+pub mod redfish;
+
 use std::time::Duration;
 
 use ferric_controller::{serve, Config};
