@@ -1,5 +1,5 @@
 //! Builds the Ferric ramdisk: a distribution kernel plus a reproducible gzip-compressed cpio
-//! initramfs holding ferric-init as `/init`, the agent, the host tools it runs (mke2fs), their shared
+//! initramfs holding ferric-init as `/init`, the agent, the host tools it runs (mke2fs, hdparm), their shared
 //! libraries, the drivers a provisioning host needs (virtio, NVMe/SATA/SAS/RAID, common server NICs)
 //! and their firmware.
 //!
@@ -55,7 +55,7 @@ pub struct BuildOptions {
     pub ca_bundle: Option<PathBuf>,
     /// Host programs the agent runs, installed in [`TOOLS_DIR`] with their shared libraries and, as
     /// symlinks, the other names the host gives them in their directory (mke2fs: mkfs.ext2/3/4).
-    /// [`default_tools`] is what the agent needs for ext ephemeral partitions.
+    /// [`default_tools`] is what the agent needs for ext ephemeral partitions and ATA secure erase.
     pub tools: Vec<PathBuf>,
 }
 

@@ -63,8 +63,8 @@ struct BuildArgs {
     #[arg(long, value_name = "FILE")]
     ca_bundle: Option<PathBuf>,
     /// A host program the agent runs, installed in /usr/sbin with its shared libraries and its other names in
-    /// its host directory as symlinks (repeatable; replaces the default) [default: mke2fs if the host has it,
-    /// for ext2/3/4 ephemeral partitions].
+    /// its host directory as symlinks (repeatable; replaces the default) [default: those of mke2fs, for
+    /// ext2/3/4 ephemeral partitions, and hdparm, for ATA secure erase, that the host has].
     #[arg(long = "tool", value_name = "PATH")]
     tools: Vec<PathBuf>,
     /// Install no tools, not even the default ones.

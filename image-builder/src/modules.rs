@@ -11,8 +11,8 @@ use ferric_init::modindex::{module_name_of_path, normalize_module_name, ModuleIn
 
 use crate::error::BuildError;
 
-/// Storage, network, firmware-partition and entropy drivers a provisioning ramdisk needs on
-/// QEMU and on common server hardware.
+/// Storage, network, firmware-partition, entropy and in-band IPMI drivers a provisioning ramdisk
+/// needs on QEMU and on common server hardware.
 pub const REQUIRED_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_blk",
@@ -41,6 +41,10 @@ pub const REQUIRED_MODULES: &[&str] = &[
     "nls_cp437",
     "nls_iso8859_1",
     "efivarfs",
+    // The BMC's system interface (KCS/SMIC/BT, found through ACPI IPI0001, SMBIOS or PCI) and its
+    // /dev/ipmi0, through which the agent reads the BMC's LAN address for the inventory.
+    "ipmi_si",
+    "ipmi_devintf",
     // The agent mounts ext4 root filesystems of partition images (ESP contents, grub-install).
     "ext4",
     // ext4 and jbd2 ask for crc32c by its crypto name (a softdep, absent from modules.dep);

@@ -1,5 +1,6 @@
-//! Host programs the agent runs (mke2fs for ext2/3/4 ephemeral partitions), with the other names the
-//! host gives them: mke2fs picks the file system type from the name it is run as (`mkfs.ext4`).
+//! Host programs the agent runs (mke2fs for ext2/3/4 ephemeral partitions, hdparm for ATA secure erase),
+//! with the other names the host gives them: mke2fs picks the file system type from the name it is run as
+//! (`mkfs.ext4`).
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -11,11 +12,12 @@ use crate::error::BuildError;
 /// Where tools are installed in the image; the agent's default PATH starts with it.
 pub const TOOLS_DIR: &str = "usr/sbin";
 
-/// Each default tool with the places a host may keep it, in order of preference.
-const DEFAULT_TOOLS: &[&[&str]] = &[&["/usr/sbin/mke2fs", "/sbin/mke2fs"]];
+/// Each default tool with the places a host may keep it, in order of preference: mke2fs for ext
+/// ephemeral partitions, hdparm for the ATA security erase of `erase_devices` (libc only, 140 KiB).
+const DEFAULT_TOOLS: &[&[&str]] = &[&["/usr/sbin/mke2fs", "/sbin/mke2fs"], &["/usr/sbin/hdparm", "/sbin/hdparm"]];
 
 /// The default tools the build host has; a missing one is logged (the agent then refuses the ext
-/// ephemeral formats with an error naming `mkfs.<format>`).
+/// ephemeral formats with an error naming `mkfs.<format>`, and erases ATA disks without secure erase).
 pub fn default_tools() -> Vec<PathBuf> {
     DEFAULT_TOOLS
         .iter()
@@ -128,13 +130,14 @@ mod tests {
     }
 
     #[test]
-    fn the_hosts_mke2fs_is_the_default_and_carries_the_mkfs_ext_names() {
+    fn the_hosts_mke2fs_and_hdparm_are_the_defaults_and_mke2fs_carries_the_mkfs_ext_names() {
+        // scripts/setup.sh installs both on the build host.
         let defaults = default_tools();
-        assert_eq!(defaults.len(), 1, "{defaults:?}");
-        let tool = Tool::resolve(&defaults[0]).unwrap();
-        assert_eq!(tool.name, "mke2fs");
+        let tools: Vec<Tool> = defaults.iter().map(|path| Tool::resolve(path).unwrap()).collect();
+        let names: Vec<&str> = tools.iter().map(|tool| tool.name.as_str()).collect();
+        assert_eq!(names, ["mke2fs", "hdparm"], "{defaults:?}");
         for name in ["mkfs.ext2", "mkfs.ext3", "mkfs.ext4"] {
-            assert!(tool.aliases.iter().any(|alias| alias == name), "{name} missing: {tool:?}");
+            assert!(tools[0].aliases.iter().any(|alias| alias == name), "{name} missing: {:?}", tools[0]);
         }
     }
 }

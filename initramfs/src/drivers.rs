@@ -109,12 +109,18 @@ impl HardwareDrivers {
 /// ramdisk has no modprobe for the kernel to call, so init loads them up front; absent ones are skipped.
 pub const AGENT_FILESYSTEM_ALIASES: &[&str] = &["fs-ext4", "crypto-crc32c", "fs-vfat"];
 
-/// The modaliases drivers are wanted for: every device's, efivarfs's on UEFI machines, and the
-/// filesystems the agent mounts.
+/// Modules loaded by name on every machine: nothing asks for them by modalias. ipmi_devintf gives
+/// the BMC that ipmi_si finds (through its ACPI, SMBIOS or PCI modalias) the /dev/ipmi0 the agent reads
+/// the BMC's address through; without a BMC it only costs its memory. Absent ones are skipped.
+pub const ALWAYS_LOADED_MODULES: &[&str] = &["ipmi_devintf"];
+
+/// The modaliases drivers are wanted for: every device's, efivarfs's on UEFI machines, the
+/// filesystems the agent mounts, and the names of the modules loaded on every machine.
 fn scan_for_drivers(sys_root: &Path) -> Result<BTreeSet<String>, DriverError> {
     let mut modaliases = scan_modaliases(sys_root)?;
     modaliases.extend(efivarfs_modalias(sys_root));
     modaliases.extend(AGENT_FILESYSTEM_ALIASES.iter().map(|alias| alias.to_string()));
+    modaliases.extend(ALWAYS_LOADED_MODULES.iter().map(|name| name.to_string()));
     Ok(modaliases)
 }
 
@@ -196,7 +202,8 @@ impl<Insert: FnMut(&Path) -> Result<(), InsertError>> DriverLoader<Insert> {
     }
 
     /// Loads the modules matching `modaliases` not handled before, dependencies first; a
-    /// module whose dependency failed is not tried. Returns how many were newly loaded.
+    /// module whose dependency failed is not tried. As with modprobe, a module's name that no
+    /// alias matches stands for that module. Returns how many were newly loaded.
     pub fn load_pass(&mut self, modaliases: &BTreeSet<String>) -> usize {
         let Self { index, insert, outcomes, handled } = self;
         let mut loaded = 0;
@@ -204,7 +211,11 @@ impl<Insert: FnMut(&Path) -> Result<(), InsertError>> DriverLoader<Insert> {
             if !handled.insert(modalias.clone()) {
                 continue;
             }
-            for target in index.modules_for_modalias(modalias) {
+            let mut targets = index.modules_for_modalias(modalias);
+            if targets.is_empty() {
+                targets.extend(index.module(modalias).map(|module| module.name.as_str()));
+            }
+            for target in targets {
                 if outcomes.contains_key(target) {
                     continue;
                 }
@@ -376,6 +387,29 @@ mod tests {
         assert_eq!(loader.load_pass(&modaliases), 0, "nothing is tried twice");
         drop(loader);
         assert_eq!(inserted, ["virtio_ring.ko", "virtio.ko", "failover.ko", "virtio_blk.ko"]);
+    }
+
+    #[test]
+    fn a_module_name_without_a_matching_alias_loads_that_module_after_its_dependencies() {
+        let index = ModuleIndex::parse(
+            PathBuf::from("/m"),
+            "alias acpi*:IPI0001:* ipmi_si\n",
+            "kernel/drivers/char/ipmi/ipmi_devintf.ko: kernel/drivers/char/ipmi/ipmi_msghandler.ko\n\
+             kernel/drivers/char/ipmi/ipmi_msghandler.ko:\n\
+             kernel/drivers/char/ipmi/ipmi_si.ko: kernel/drivers/char/ipmi/ipmi_msghandler.ko\n",
+            "",
+        );
+        let mut inserted = Vec::new();
+        let mut loader = DriverLoader::new(index, |path: &Path| {
+            inserted.push(file_name(path));
+            Ok(())
+        });
+        let wanted = ALWAYS_LOADED_MODULES.iter().map(|name| name.to_string());
+        let modaliases: BTreeSet<String> =
+            wanted.chain(["acpi:IPI0001:".to_string(), "no_such_module".to_string()]).collect();
+        assert_eq!(loader.load_pass(&modaliases), 3);
+        drop(loader);
+        assert_eq!(inserted, ["ipmi_msghandler.ko", "ipmi_si.ko", "ipmi_devintf.ko"]);
     }
 
     #[test]

@@ -11,6 +11,12 @@
 //! `set boot none|pxe|default|cdrom|bios` (`default` is the disk; "safe" is refused); the
 //! persistence and EFI flags are dropped, and reading the boot flags always reports a one-time
 //! legacy override of the device the chassis reports.
+//!
+//! The LAN parameters (`ipmitool lan print`, or the Get LAN Configuration Parameters command a host
+//! sends in band) come from a generated `lan_config_program` that reports the LAN channel's own
+//! address: 127.0.0.1 and [`LAN_MAC`]. When the VM's spec names a BMC port, ipmi_sim also listens there
+//! for QEMU's `ipmi-bmc-extern` (`serial kcs ... codec VM`): the guest then has a KCS system interface
+//! to this same BMC, and reads those parameters through /dev/ipmi0 as an agent on a server does.
 
 use std::fs;
 use std::io;
@@ -29,6 +35,8 @@ use crate::vm::{self, BootFirst, VmSpec};
 
 pub const ADDRESS: &str = "127.0.0.1";
 pub const USERNAME: &str = "admin";
+/// The MAC address the BMC reports for its LAN channel (locally administered).
+pub const LAN_MAC: &str = "02:fe:00:00:00:01";
 /// How long ipmi_sim may take to answer `mc info` after start.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
 /// One readiness probe: ipmitool with a single retry gives up after about 2 s.
@@ -69,6 +77,8 @@ pub struct ChassisVm {
     pub disk_boot_args: Vec<String>,
     /// Where the arguments send the guest's serial console.
     pub serial_log: PathBuf,
+    /// The port of 127.0.0.1 the VM's in-band BMC interface connects to ([`VmSpec::ipmi_bmc_port`]).
+    pub bmc_port: Option<u16>,
 }
 
 impl ChassisVm {
@@ -85,6 +95,7 @@ impl ChassisVm {
             network_boot_args: vm::qemu_argv(spec, &serial_log, BootFirst::Network),
             disk_boot_args: vm::qemu_argv(spec, &serial_log, BootFirst::Disk),
             serial_log,
+            bmc_port: spec.ipmi_bmc_port,
         })
     }
 }
@@ -102,7 +113,8 @@ pub struct IpmiSim {
 impl IpmiSim {
     /// Starts ipmi_sim on a free UDP port of 127.0.0.1 with its configuration, state, chassis and
     /// logs in `work_dir` (all reset: the chassis starts powered off, without a boot override), and
-    /// waits until it answers. With `vm`, the chassis powers that VM; without, it keeps state files.
+    /// waits until it answers. With `vm`, the chassis powers that VM (and ipmi_sim serves its in-band
+    /// interface, if it has one); without, it keeps state files.
     pub fn start(work_dir: &Path, vm: Option<ChassisVm>) -> Result<IpmiSim, IpmiSimError> {
         // Only what the simulator keeps: the directory may hold the VM's files too.
         let state_dir = work_dir.join("state");
@@ -120,6 +132,9 @@ impl IpmiSim {
         let monitor_port = free_loopback_port().map_err(IpmiSimError::FreePort)?;
         write_file(&chassis, &chassis_script(work_dir, vm.as_ref(), monitor_port))?;
         make_executable(&chassis)?;
+        let lan_program = work_dir.join("lan-config");
+        write_file(&lan_program, &lan_config_script())?;
+        make_executable(&lan_program)?;
         if vm.is_none() {
             write_file(&work_dir.join("power"), "0\n")?;
         }
@@ -130,11 +145,12 @@ impl IpmiSim {
         let emu =
             "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nmc_enable 0x20\n";
         write_file(&work_dir.join("node.emu"), emu)?;
+        let bmc_port = vm.as_ref().and_then(|vm| vm.bmc_port);
         let vm_serial_log = vm.map(|vm| vm.serial_log);
-        match IpmiSim::start_on_free_port(work_dir, &password, vm_serial_log.clone()) {
+        match IpmiSim::start_on_free_port(work_dir, &password, vm_serial_log.clone(), bmc_port) {
             Err(IpmiSimError::ExitedDuringStartup { .. }) => {
                 tracing::warn!("ipmi_sim exited during startup, perhaps its port was taken; retrying on another");
-                IpmiSim::start_on_free_port(work_dir, &password, vm_serial_log)
+                IpmiSim::start_on_free_port(work_dir, &password, vm_serial_log, bmc_port)
             }
             result => result,
         }
@@ -144,10 +160,12 @@ impl IpmiSim {
         work_dir: &Path,
         password: &str,
         vm_serial_log: Option<PathBuf>,
+        bmc_port: Option<u16>,
     ) -> Result<IpmiSim, IpmiSimError> {
         let port = free_udp_port().map_err(IpmiSimError::FreePort)?;
         let config = work_dir.join("lan.conf");
-        write_file(&config, &lan_config(port, password, &work_dir.join("chassis")))?;
+        let programs = LanPrograms { chassis: &work_dir.join("chassis"), lan_config: &work_dir.join("lan-config") };
+        write_file(&config, &lan_config(port, password, &programs, bmc_port))?;
         let log_path = work_dir.join("ipmi_sim.log");
         let log = fs::File::create(&log_path).map_err(PathIoError::at("create", &log_path))?;
         let log_stderr = log.try_clone().map_err(PathIoError::at("duplicate the handle of", &log_path))?;
@@ -363,9 +381,17 @@ fn make_executable(path: &Path) -> Result<(), PathIoError> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o755)).map_err(PathIoError::at("make executable", path))
 }
 
-/// lan.conf: one LAN channel on 127.0.0.1:`port` offering IPMI 1.5 and 2.0, one admin user.
-fn lan_config(port: u16, password: &str, chassis: &Path) -> String {
-    format!(
+/// The programs ipmi_sim runs: the chassis, and the source of the LAN channel's parameters.
+struct LanPrograms<'a> {
+    chassis: &'a Path,
+    lan_config: &'a Path,
+}
+
+/// lan.conf: one LAN channel on 127.0.0.1:`port` offering IPMI 1.5 and 2.0, one admin user, and with
+/// `bmc_port` the system interface a VM's `ipmi-bmc-extern` connects to (the VM codec, at the BMC's IPMB
+/// address).
+fn lan_config(port: u16, password: &str, programs: &LanPrograms, bmc_port: Option<u16>) -> String {
+    let mut config = format!(
         "name \"{BMC_NAME}\"\n\
          set_working_mc 0x20\n\
          \x20 startlan 1\n\
@@ -375,11 +401,38 @@ fn lan_config(port: u16, password: &str, chassis: &Path) -> String {
          \x20   allowed_auths_user none md2 md5 straight\n\
          \x20   allowed_auths_operator none md2 md5 straight\n\
          \x20   allowed_auths_admin none md2 md5 straight\n\
+         \x20   lan_config_program \"{}\"\n\
          \x20   guid a123456789abcdefa123456789abcdef\n\
          \x20 endlan\n\
          \x20 chassis_control \"{}\"\n\
          \x20 user 2 true \"{USERNAME}\" \"{password}\" admin 10 none md2 md5 straight\n",
-        chassis.display()
+        programs.lan_config.display(),
+        programs.chassis.display()
+    );
+    if let Some(bmc_port) = bmc_port {
+        config.push_str(&format!("  serial kcs {ADDRESS} {bmc_port} codec VM ipmb 0x20\n"));
+    }
+    config
+}
+
+/// The `lan_config_program`: ipmi_sim runs it as `lan-config get ip_addr ip_addr_src mac_addr ...`
+/// and reads `name:value` lines; `set` and `check` (from Set LAN Configuration Parameters) change nothing.
+fn lan_config_script() -> String {
+    format!(
+        "#!/bin/sh\n\
+         # The LAN parameters of a simulated BMC, generated by ferric-tests' ipmi_sim harness.\n\
+         [ \"$1\" = get ] || exit 0\n\
+         shift\n\
+         for parm in \"$@\"; do\n\
+         \x20   case \"$parm\" in\n\
+         \x20   ip_addr) echo \"ip_addr:{ADDRESS}\" ;;\n\
+         \x20   ip_addr_src) echo \"ip_addr_src:static\" ;;\n\
+         \x20   mac_addr) echo \"mac_addr:{LAN_MAC}\" ;;\n\
+         \x20   subnet_mask) echo \"subnet_mask:255.0.0.0\" ;;\n\
+         \x20   *_mac_addr) echo \"$parm:00:00:00:00:00:00\" ;;\n\
+         \x20   *) echo \"$parm:0.0.0.0\" ;;\n\
+         \x20   esac\n\
+         done\n"
     )
 }
 
@@ -513,11 +566,47 @@ mod tests {
     }
 
     #[test]
+    fn the_lan_program_reports_the_lan_channels_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("lan-config");
+        write_file(&program, &lan_config_script()).unwrap();
+        make_executable(&program).unwrap();
+        let get = ferric_runner::run(
+            "lan-config get",
+            Command::new(&program).args(["get", "ip_addr", "ip_addr_src", "mac_addr", "subnet_mask"]),
+        );
+        assert_eq!(
+            get.unwrap().stdout,
+            format!("ip_addr:127.0.0.1\nip_addr_src:static\nmac_addr:{LAN_MAC}\nsubnet_mask:255.0.0.0\n")
+        );
+        let gateways = ferric_runner::run(
+            "lan-config get gateways",
+            Command::new(&program).args(["get", "default_gw_ip_addr", "backup_gw_mac_addr"]),
+        );
+        assert_eq!(gateways.unwrap().stdout, "default_gw_ip_addr:0.0.0.0\nbackup_gw_mac_addr:00:00:00:00:00:00\n");
+        let set = ferric_runner::run("lan-config set", Command::new(&program).args(["set", "ip_addr", "10.0.0.1"]));
+        assert_eq!(set.unwrap().stdout, "");
+    }
+
+    #[test]
+    fn lan_conf_serves_the_vms_system_interface_only_when_it_has_one() {
+        let programs = LanPrograms { chassis: Path::new("/w/chassis"), lan_config: Path::new("/w/lan-config") };
+        let without = lan_config(6230, "pw", &programs, None);
+        assert!(without.contains("  addr 127.0.0.1 6230\n"), "{without}");
+        assert!(without.contains("lan_config_program \"/w/lan-config\"\n"), "{without}");
+        assert!(without.contains("chassis_control \"/w/chassis\"\n"), "{without}");
+        assert!(!without.contains("serial"), "{without}");
+        let with = lan_config(6230, "pw", &programs, Some(9002));
+        assert_eq!(with, format!("{without}  serial kcs 127.0.0.1 9002 codec VM ipmb 0x20\n"));
+    }
+
+    #[test]
     fn the_vm_chassis_has_both_argument_lists_and_the_monitor() {
         let vm = ChassisVm {
             network_boot_args: vec!["-name".into(), "n'1".into()],
             disk_boot_args: vec!["-boot".into(), "c d".into()],
             serial_log: "/w/serial.log".into(),
+            bmc_port: None,
         };
         let script = chassis_script(Path::new("/w/sim"), Some(&vm), 4444);
         assert!(script.contains("network_boot_args=('-name' 'n'\\''1')"), "{script}");

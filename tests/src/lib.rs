@@ -1,11 +1,12 @@
 //! Test harness for Ferric's end-to-end tests and demo: builds the deployable test OS and the ramdisk,
-//! runs UEFI QEMU VMs, the real controller binary and an image server, and drives the controller's
-//! Ironic-style API.
+//! runs QEMU VMs (UEFI or BIOS, with disks of several kinds), the real controller binary, an image server
+//! and simulated BMCs, drives the controller's Ironic-style API, and inspects the VMs' disk files.
 
 pub mod baremetal;
 pub mod controller;
 pub mod demo;
 pub mod disk;
+pub mod disks;
 pub mod image_server;
 pub mod images;
 pub mod ipmi_sim;

@@ -16,7 +16,7 @@ use crate::path_io::PathIoError;
 use crate::paths::{self, PathError};
 use crate::ramdisk::{RamdiskError, RamdiskPaths};
 use crate::testos::{self, TestOsError, TestOsImage, TestOsOptions};
-use crate::vm::{Firmware, NetworkBoot, Vm, VmError, VmSpec, SERIAL_TAIL_LINES};
+use crate::vm::{Firmware, NetworkBoot, Vm, VmDisk, VmError, VmSpec, SERIAL_TAIL_LINES};
 
 /// The name the image server serves the test OS under.
 pub const IMAGE_NAME: &str = "testos.img";
@@ -182,7 +182,8 @@ fn node_vm_spec(work_dir: &Path, controller: &Controller, mac: &str, disk: &Path
         firmware: Firmware::Uefi,
         memory_mib,
         network_boot: Some(NetworkBoot { boot_url: controller.boot_url(), mac: mac.to_owned() }),
-        disks: vec![disk.to_owned()],
+        disks: vec![VmDisk::virtio(disk)],
+        ipmi_bmc_port: None,
     }
 }
 
@@ -255,10 +256,12 @@ impl DeploySetup {
     }
 
     /// Enrolls the node with `fields` (its driver and driver_info) and the VM's MAC, and takes it through
-    /// enroll -> manageable -> available.
+    /// enroll -> manageable -> available. Without automated cleaning, unless `fields` set
+    /// `automated_clean`: cleaning boots the ramdisk once more (20-30 s under TCG), and only tests about
+    /// cleaning want that.
     pub fn enroll(self, fields: Value, budget: &Budget) -> Result<DeployEnv, ScenarioError> {
         let DeploySetup { name, work_dir, image, image_server, controller, client, mac, disk, memory_mib } = self;
-        let mut body = json!({"name": name, "boot_mode": "uefi"});
+        let mut body = json!({"name": name, "boot_mode": "uefi", "automated_clean": false});
         if let (Some(body), Value::Object(fields)) = (body.as_object_mut(), fields) {
             body.extend(fields);
         }

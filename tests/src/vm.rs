@@ -1,5 +1,6 @@
 //! QEMU virtual machines for the tests: UEFI (OVMF) or legacy BIOS (SeaBIOS) firmware, optional iPXE network
-//! boot, raw virtio disks, serial console to a log file.
+//! boot, raw disks on virtio-blk, SCSI, NVMe or SATA with the identities root-device hints select by, serial
+//! console to a log file.
 //!
 //! Always `-accel tcg`: a KVM guest hangs on this kind of machine. No `-no-reboot`: the agent reboots the
 //! VM into the deployed OS, and the test OS ends the run by powering off, which makes QEMU exit.
@@ -73,6 +74,35 @@ pub enum Firmware {
     Bios,
 }
 
+/// How a disk is attached, with the identity the guest sees (what root-device hints select by).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskBus {
+    /// virtio-blk-pci (`vdX`); the serial shows in `/sys/block/vdX/serial`.
+    VirtioBlk { serial: Option<String> },
+    /// scsi-hd on the VM's one virtio-scsi-pci controller (`sdX`): the WWN (an NAA identifier such as
+    /// `0x5000c500a1b2c3d4`, in VPD page 0x83) and the unit serial (VPD page 0x80).
+    ScsiHd { wwn: Option<u64>, serial: Option<String> },
+    /// An NVMe controller with one namespace (`nvmeXn1`); QEMU requires the serial.
+    Nvme { serial: String },
+    /// ide-hd on a port of q35's ICH9 AHCI controller (`ide.0`..`ide.5`): a SATA disk (`sdX`) with the
+    /// model its ATA IDENTIFY reports.
+    IdeHd { model: Option<String> },
+}
+
+/// A raw disk image file and how the VM attaches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmDisk {
+    pub path: PathBuf,
+    pub bus: DiskBus,
+}
+
+impl VmDisk {
+    /// A virtio-blk disk without a serial, as most tests want.
+    pub fn virtio(path: impl Into<PathBuf>) -> VmDisk {
+        VmDisk { path: path.into(), bus: DiskBus::VirtioBlk { serial: None } }
+    }
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct VmSpec {
@@ -83,8 +113,12 @@ pub struct VmSpec {
     pub memory_mib: u32,
     /// When set, the NIC boots first; otherwise the VM has no network at all.
     pub network_boot: Option<NetworkBoot>,
-    /// Raw disk image files, attached as virtio-blk in this order (after the NIC in the boot order).
-    pub disks: Vec<PathBuf>,
+    /// Raw disk image files, attached in this order (after the NIC in the boot order).
+    pub disks: Vec<VmDisk>,
+    /// A BMC the guest reaches in band, through a KCS system interface (`isa-ipmi-kcs`, announced by ACPI
+    /// and SMBIOS) backed by `ipmi-bmc-extern`, which connects to this TCP port of 127.0.0.1: an external
+    /// BMC such as ipmi_sim's `serial kcs ... codec VM` listener.
+    pub ipmi_bmc_port: Option<u16>,
 }
 
 impl VmSpec {
@@ -320,21 +354,70 @@ fn machine_args(spec: &VmSpec, serial: Vec<String>, boot_first: BootFirst) -> Ve
             format!("virtio-net-pci,netdev=n0,mac={},{rom},bootindex={nic_boot_index}", net.mac),
         ]);
     }
-    for (index, disk) in spec.disks.iter().enumerate() {
-        // Default (writeback) cache: QEMU writes through to the host file, so the test reads the final
-        // bytes once QEMU has exited or been killed.
-        args.extend(["-drive".into(), format!("if=none,id=d{index},format=raw,file={}", qemu_path(disk))]);
+    args.extend(disk_args(&spec.disks, first_disk_boot_index));
+    if let Some(port) = spec.ipmi_bmc_port {
+        // reconnect: QEMU retries in the background while the BMC is not (yet) listening.
         args.extend([
+            "-chardev".into(),
+            format!("socket,id=ipmi0,host=127.0.0.1,port={port},reconnect=1"),
             "-device".into(),
-            format!("virtio-blk-pci,drive=d{index},bootindex={}", index + first_disk_boot_index),
+            "ipmi-bmc-extern,id=bmc0,chardev=ipmi0".into(),
+            "-device".into(),
+            "isa-ipmi-kcs,bmc=bmc0".into(),
         ]);
+    }
+    args
+}
+
+/// The `-drive` and `-device` arguments of `disks`, numbered in boot order from `first_boot_index`.
+///
+/// Default (writeback) cache: QEMU writes through to the host file, so the test reads the final bytes
+/// once QEMU has exited or been killed. `discard=unmap` turns the guest's discards (virtio discard, SCSI
+/// UNMAP, NVMe deallocate, ATA TRIM) into holes punched in the host file, and `detect-zeroes=unmap` does
+/// the same with writes of zeroes: an erase by discard or by zero-filling then writes nothing to the host
+/// disk and leaves the file sparse, which keeps erasing fast and the host's reads of the file (which skip
+/// holes) short. What the guest reads back is zeroes either way.
+fn disk_args(disks: &[VmDisk], first_boot_index: usize) -> Vec<String> {
+    let mut args = Vec::new();
+    if disks.iter().any(|disk| matches!(disk.bus, DiskBus::ScsiHd { .. })) {
+        args.extend(["-device".into(), "virtio-scsi-pci,id=scsi0".into()]);
+    }
+    let mut ahci_port = 0;
+    for (index, disk) in disks.iter().enumerate() {
+        args.extend([
+            "-drive".into(),
+            format!("if=none,id=d{index},format=raw,file={},discard=unmap,detect-zeroes=unmap", qemu_path(&disk.path)),
+        ]);
+        let optional = |name: &str, value: &Option<String>| {
+            value.as_deref().map(|value| format!(",{name}={}", qemu_escape(value))).unwrap_or_default()
+        };
+        let device = match &disk.bus {
+            DiskBus::VirtioBlk { serial } => format!("virtio-blk-pci,drive=d{index}{}", optional("serial", serial)),
+            DiskBus::ScsiHd { wwn, serial } => format!(
+                "scsi-hd,bus=scsi0.0,drive=d{index}{}{}",
+                wwn.map(|wwn| format!(",wwn={wwn:#018x}")).unwrap_or_default(),
+                optional("serial", serial)
+            ),
+            DiskBus::Nvme { serial } => format!("nvme,drive=d{index},serial={}", qemu_escape(serial)),
+            // A seventh SATA disk finds no `ide.6` bus, which QEMU reports when it starts.
+            DiskBus::IdeHd { model } => {
+                let port = ahci_port;
+                ahci_port += 1;
+                format!("ide-hd,bus=ide.{port},drive=d{index}{}", optional("model", model))
+            }
+        };
+        args.extend(["-device".into(), format!("{device},bootindex={}", index + first_boot_index)]);
     }
     args
 }
 
 /// QEMU option values escape a comma by doubling it.
 fn qemu_path(path: &Path) -> String {
-    path.display().to_string().replace(',', ",,")
+    qemu_escape(&path.display().to_string())
+}
+
+fn qemu_escape(value: &str) -> String {
+    value.replace(',', ",,")
 }
 
 /// Removes CSI escape sequences (`ESC [ ... letter`) and carriage returns that the firmware's console emits.
@@ -371,7 +454,8 @@ mod tests {
             firmware: Firmware::Uefi,
             memory_mib: 1024,
             network_boot,
-            disks: vec!["/w/disk,a.img".into(), "/w/b.img".into()],
+            disks: vec![VmDisk::virtio("/w/disk,a.img"), VmDisk::virtio("/w/b.img")],
+            ipmi_bmc_port: None,
         }
     }
 
@@ -385,7 +469,7 @@ mod tests {
         assert!(args.contains("if=pflash,format=raw,file=/w/n1-OVMF_VARS.fd"), "{args}");
         assert!(args.contains("user,id=n0,bootfile=http://10.0.2.2:8080/boot.ipxe"), "{args}");
         assert!(args.contains(&format!("mac=52:54:00:fe:00:01,romfile={IPXE_EFI_VIRTIO_ROM},bootindex=1")), "{args}");
-        assert!(args.contains("id=d0,format=raw,file=/w/disk,,a.img"), "{args}");
+        assert!(args.contains("id=d0,format=raw,file=/w/disk,,a.img,discard=unmap,detect-zeroes=unmap"), "{args}");
         assert!(args.contains("drive=d0,bootindex=2") && args.contains("drive=d1,bootindex=3"), "{args}");
         assert!(args.contains("-serial file:/w/serial.log"), "{args}");
     }
@@ -395,6 +479,20 @@ mod tests {
         let args = qemu_args(&spec(None), Path::new("/w/serial.log")).join(" ");
         assert!(!args.contains("netdev") && !args.contains("virtio-net"), "{args}");
         assert!(args.contains("-nodefaults"), "{args}");
+        assert!(!args.contains("ipmi"), "{args}");
+    }
+
+    #[test]
+    fn an_external_bmc_is_a_kcs_interface_connected_to_its_port() {
+        let spec = VmSpec { ipmi_bmc_port: Some(9002), ..spec(None) };
+        let args = qemu_args(&spec, Path::new("/w/serial.log")).join(" ");
+        assert!(
+            args.contains(
+                "-chardev socket,id=ipmi0,host=127.0.0.1,port=9002,reconnect=1 \
+                 -device ipmi-bmc-extern,id=bmc0,chardev=ipmi0 -device isa-ipmi-kcs,bmc=bmc0"
+            ),
+            "{args}"
+        );
     }
 
     #[test]
@@ -432,6 +530,42 @@ mod tests {
         let disk_first = qemu_argv(&spec, Path::new("/w/serial.log"), BootFirst::Disk).join(" ");
         assert!(disk_first.contains("drive=d0,bootindex=1"), "{disk_first}");
         assert!(disk_first.contains(&format!("romfile={IPXE_PXE_VIRTIO_ROM},bootindex=3")), "{disk_first}");
+    }
+
+    #[test]
+    fn each_bus_gets_its_device_and_identity_in_boot_order() {
+        let disk = |name: &str, bus| VmDisk { path: PathBuf::from(format!("/w/{name}")), bus };
+        let disks = [
+            disk("v", DiskBus::VirtioBlk { serial: Some("FERRIC-VIRTIO-1".into()) }),
+            disk("s", DiskBus::ScsiHd { wwn: Some(0x5000c500a1b2c3d4), serial: Some("S,1".into()) }),
+            disk("n", DiskBus::Nvme { serial: "FERRIC-NVME-1".into() }),
+            disk("i", DiskBus::IdeHd { model: Some("FERRIC IDE DISK".into()) }),
+            disk("i2", DiskBus::IdeHd { model: None }),
+            disk("s2", DiskBus::ScsiHd { wwn: None, serial: None }),
+        ];
+        let args = disk_args(&disks, 2);
+        let devices: Vec<&str> = args
+            .iter()
+            .zip(args.iter().skip(1))
+            .filter(|(flag, _)| *flag == "-device")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(
+            devices,
+            [
+                "virtio-scsi-pci,id=scsi0",
+                "virtio-blk-pci,drive=d0,serial=FERRIC-VIRTIO-1,bootindex=2",
+                "scsi-hd,bus=scsi0.0,drive=d1,wwn=0x5000c500a1b2c3d4,serial=S,,1,bootindex=3",
+                "nvme,drive=d2,serial=FERRIC-NVME-1,bootindex=4",
+                "ide-hd,bus=ide.0,drive=d3,model=FERRIC IDE DISK,bootindex=5",
+                "ide-hd,bus=ide.1,drive=d4,bootindex=6",
+                "scsi-hd,bus=scsi0.0,drive=d5,bootindex=7",
+            ]
+        );
+        let drives = args.iter().filter(|arg| arg.starts_with("if=none,")).count();
+        assert_eq!(drives, disks.len(), "{args:?}");
+        assert!(args.contains(&"if=none,id=d3,format=raw,file=/w/i,discard=unmap,detect-zeroes=unmap".to_string()));
+        assert!(disk_args(&[VmDisk::virtio("/w/v")], 1).iter().all(|arg| !arg.contains("scsi")));
     }
 
     #[test]

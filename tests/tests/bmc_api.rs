@@ -89,6 +89,8 @@ fn redfish_node_through_the_api_power_boot_device_sync_deploy_and_a_silent_bmc()
         .create_node_from(json!({
             "name": "redfish-0", "driver": "redfish", "boot_mode": "uefi",
             "driver_info": Value::Object(emulator.driver_info(&system_id)),
+            // No ramdisk boots here to run clean steps (the controller's own tests cover cleaning).
+            "automated_clean": false,
         }))
         .unwrap();
     let uuid = node["uuid"].as_str().unwrap().to_owned();

@@ -17,7 +17,7 @@ use ferric_controller::ipxe::BootMode;
 use ferric_controller::model::JsonObject;
 use ferric_tests::ipmi_sim::{ChassisVm, IpmiSim};
 use ferric_tests::paths;
-use ferric_tests::vm::{self, Firmware, NetworkBoot, VmSpec};
+use ferric_tests::vm::{self, Firmware, NetworkBoot, VmDisk, VmSpec};
 use serde_json::json;
 
 const POWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -283,7 +283,8 @@ fn the_chassis_can_be_a_qemu_vm() {
             boot_url: "http://10.0.2.2:9/boot.ipxe".into(),
             mac: "52:54:00:fe:00:07".into(),
         }),
-        disks: vec![disk],
+        disks: vec![VmDisk::virtio(disk)],
+        ipmi_bmc_port: None,
     };
     let chassis = ChassisVm::new(&spec).unwrap_or_else(|err| panic!("{err}"));
     let sim = IpmiSim::start(&dir, Some(chassis)).unwrap_or_else(|err| panic!("{err}"));

@@ -13,7 +13,7 @@ use ferric_tests::controller::{Controller, API_VERSION};
 use ferric_tests::disk;
 use ferric_tests::ramdisk::shared_ramdisk;
 use ferric_tests::scenario::{DISK_BYTES, VM_MEMORY_MIB};
-use ferric_tests::vm::{qemu_lock, Firmware, NetworkBoot, Vm, VmSpec, SERIAL_TAIL_LINES};
+use ferric_tests::vm::{qemu_lock, Firmware, NetworkBoot, Vm, VmDisk, VmSpec, SERIAL_TAIL_LINES};
 use ferric_tests::{init_logging, ok, paths};
 use serde_json::Value;
 
@@ -62,7 +62,8 @@ fn inspection_reports_the_vms_hardware_and_powers_it_off() {
         firmware: Firmware::Uefi,
         memory_mib: VM_MEMORY_MIB,
         network_boot: Some(NetworkBoot { boot_url: controller.boot_url(), mac: MAC.into() }),
-        disks: vec![disk],
+        disks: vec![VmDisk::virtio(disk)],
+        ipmi_bmc_port: None,
     }));
 
     let inspected = client.wait_for_provision_state(&node, &["manageable"], &["inspect failed"], INSPECTION_TIMEOUT);

@@ -46,6 +46,7 @@ fn uefi_vm_network_boots_an_ipxe_script_from_the_host() {
         memory_mib: 512,
         network_boot: Some(NetworkBoot { boot_url: server.guest_url("boot.ipxe"), mac: "52:54:00:fe:00:09".into() }),
         disks: Vec::new(),
+        ipmi_bmc_port: None,
     })
     .unwrap();
     let marker_at = vm.wait_for_serial(&image.marker(), BOOT_TIMEOUT).unwrap();

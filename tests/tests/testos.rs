@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use ferric_tests::ramdisk::build_ramdisk;
-use ferric_tests::vm::{qemu_lock, Firmware, Vm, VmSpec};
+use ferric_tests::vm::{qemu_lock, Firmware, Vm, VmDisk, VmSpec};
 use ferric_tests::{disk, init_logging, paths, testos};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -36,7 +36,8 @@ fn test_os_boots_from_disk_prints_its_marker_and_powers_off() {
         firmware: Firmware::Uefi,
         memory_mib: 512,
         network_boot: None,
-        disks: vec![image.path.clone()],
+        disks: vec![VmDisk::virtio(&image.path)],
+        ipmi_bmc_port: None,
     })
     .unwrap();
     let marker_at = vm.wait_for_serial(&image.marker(), BOOT_TIMEOUT).unwrap();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use ferric_tests::images;
 use ferric_tests::ramdisk::shared_ramdisk;
 use ferric_tests::testos::{self, TestOsOptions, CONFIG_DRIVE_PROBE_KEY};
-use ferric_tests::vm::{qemu_lock, Firmware, Vm, VmSpec};
+use ferric_tests::vm::{qemu_lock, Firmware, Vm, VmDisk, VmSpec};
 use ferric_tests::{init_logging, ok};
 use serde_json::json;
 
@@ -42,7 +42,8 @@ fn probe_test_os_prints_the_value_from_a_config_drive_partition() {
         firmware: Firmware::Uefi,
         memory_mib: 512,
         network_boot: None,
-        disks: vec![disk.clone()],
+        disks: vec![VmDisk::virtio(&disk)],
+        ipmi_bmc_port: None,
     }));
     let marker_at = ok(vm.wait_for_serial(&image.marker(), BOOT_TIMEOUT));
     let probed_at = ok(vm.wait_for_serial(&testos::config_drive_line(&probe), POWEROFF_TIMEOUT));
