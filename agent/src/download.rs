@@ -6,6 +6,8 @@
 //! `Range` + `If-Range`, so a multi-gigabyte image survives a flaky link.
 
 use std::error::Error as _;
+
+use ferric_runner::error_chain as chain;
 use std::future::Future;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -540,18 +542,6 @@ fn retry_after(
         "download failed; retrying"
     );
     Ok(wait)
-}
-
-/// An error and its sources on one line, for logs and for errors that gather several.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(error) = source {
-        text.push_str(": ");
-        text.push_str(&error.to_string());
-        source = error.source();
-    }
-    text
 }
 
 #[cfg(test)]

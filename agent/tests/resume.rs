@@ -3,6 +3,8 @@
 //! `openssl s_server` for HTTPS with a CA bundle.
 
 use std::collections::{HashMap, VecDeque};
+
+use ferric_runner::error_chain as chain;
 use std::io::{self, Read};
 use std::net::TcpStream;
 use std::path::Path;
@@ -199,16 +201,6 @@ async fn read_all(download: Download) -> io::Result<Vec<u8>> {
 /// The download error inside a reader's io::Error.
 fn download_error(error: &io::Error) -> &DownloadError {
     error.get_ref().and_then(|inner| inner.downcast_ref::<DownloadError>()).unwrap_or_else(|| panic!("{error:?}"))
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(error) = source {
-        text = format!("{text}: {error}");
-        source = error.source();
-    }
-    text
 }
 
 /// Warnings logged by every test of this binary (tests tell theirs apart by the URL, whose port differs).

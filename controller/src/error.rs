@@ -99,17 +99,7 @@ impl IntoResponse for Error {
     }
 }
 
-/// The error with its sources, for the log.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub(crate) use ferric_runner::error_chain;
 
 #[cfg(test)]
 mod tests {

@@ -96,17 +96,7 @@ pub fn retry_forever<T, E: Error>(name: &str, delay: Duration, mut step: impl Fn
     }
 }
 
-/// An error and its sources on one line: console logs have no room for backtraces.
-pub fn error_chain(error: &dyn Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use ferric_runner::error_chain;
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
     if let Some(text) = panic.downcast_ref::<&str>() {

@@ -10,6 +10,19 @@ use std::io::Read;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// An error and its sources on one line (`error: cause: cause...`): logs and `last_error` have room
+/// for one line, not a backtrace.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// How many trailing stderr lines an error keeps.
 pub const STDERR_TAIL_LINES: usize = 20;
 

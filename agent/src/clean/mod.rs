@@ -14,7 +14,6 @@ pub mod nvme;
 pub mod verify;
 
 use std::collections::BTreeMap;
-use std::error::Error;
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -86,17 +85,7 @@ pub enum CleanError {
     Several(Vec<CleanError>),
 }
 
-/// `error: cause: cause...`, for messages that hold several errors.
-pub(crate) fn chain(error: &dyn Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub(crate) use ferric_runner::error_chain as chain;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
