@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::redfish::FakeRedfish;
-use common::{fault, heartbeat, report, Server, NODE_UUID};
+use common::{assert_clean_failed, fault, heartbeat, report, Server, NODE_UUID};
 use ferric_controller::Config;
 use ferric_protocol::{CleanStepResult, Command, CommandStatus, ErasedDevice, Progress, Task};
 use reqwest::StatusCode;
@@ -300,20 +300,8 @@ async fn a_failed_automated_step_leaves_the_node_in_clean_failed_and_maintenance
     let failed = heartbeat(&token, Some(report(&step, CommandStatus::Failed, Some(refusal))));
     assert_eq!(server.heartbeat(&failed).await.task, None);
 
-    let node = server.node().await;
     let reason = format!("Clean step deploy.erase_devices_metadata failed: {refusal}");
-    assert_eq!(node["provision_state"], "clean failed");
-    assert_eq!(node["target_provision_state"], "available");
-    assert_eq!(node["last_error"], reason.as_str());
-    assert_eq!(node["clean_step"], json!({}));
-    assert_eq!(node["maintenance"], true);
-    assert_eq!(node["maintenance_reason"], reason.as_str());
-    assert_eq!(node["fault"], "clean failure");
-    let refused = server.heartbeat_raw(&serde_json::to_value(heartbeat(&token, None)).unwrap()).await;
-    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
-    // As in Ironic: manage takes the node back, to be provided (and cleaned) again.
-    assert_eq!(server.provision("manage").await.status(), StatusCode::ACCEPTED);
-    assert_eq!(server.node().await["provision_state"], "manageable");
+    assert_clean_failed(&server, &token, &reason, "available").await;
 }
 
 #[tokio::test]

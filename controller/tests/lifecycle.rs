@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{fault, heartbeat, report, Server, MAC, NODE_UUID};
+use common::{assert_clean_failed, fault, heartbeat, report, Server, MAC, NODE_UUID};
 use ferric_protocol::inventory::{Cpu, Disk, Interface, Memory};
 use ferric_protocol::{CleanStep, Command, CommandStatus, Heartbeat, Inventory, MASKED_TOKEN};
 use reqwest::{Method, StatusCode};
@@ -236,25 +236,8 @@ async fn a_failed_clean_step_fails_the_cleaning_with_the_agents_reason() {
     let failed = heartbeat(&token, Some(report(&step, CommandStatus::Failed, Some(refusal))));
     assert_eq!(server.heartbeat(&failed).await.task, None);
 
-    let node = server.node().await;
     let reason = format!("Clean step deploy.erase_devices failed: {refusal}");
-    assert_eq!(node["provision_state"], "clean failed");
-    assert_eq!(node["target_provision_state"], "manageable");
-    assert_eq!(node["last_error"], reason.as_str());
-    assert_eq!(node["clean_step"], json!({}));
-    // As Ironic: a failure during a step puts the node in maintenance.
-    assert_eq!(node["maintenance"], true);
-    assert_eq!(node["maintenance_reason"], reason.as_str());
-    assert_eq!(node["fault"], "clean failure");
-    let refused = server.heartbeat_raw(&serde_json::to_value(heartbeat(&token, None)).unwrap()).await;
-    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
-
-    // manage takes it back from clean failed.
-    assert_eq!(server.provision("manage").await.status(), StatusCode::ACCEPTED);
-    let node = server.node().await;
-    assert_eq!(node["provision_state"], "manageable");
-    assert!(node["target_provision_state"].is_null());
-    assert!(node["last_error"].is_null());
+    assert_clean_failed(&server, &token, &reason, "manageable").await;
 }
 
 #[tokio::test]

@@ -160,6 +160,26 @@ impl Server {
 }
 
 /// The `faultstring` of an Ironic error response, checking the double-encoded shape.
+/// Checks the node a failed clean step left, as Ironic leaves it: `clean failed` with the reason as
+/// last error and maintenance reason, the step cleared, the agent's token ended; `manage` takes it back.
+pub async fn assert_clean_failed(server: &Server, token: &str, reason: &str, target: &str) {
+    let node = server.node().await;
+    assert_eq!(node["provision_state"], "clean failed");
+    assert_eq!(node["target_provision_state"], target);
+    assert_eq!(node["last_error"], reason);
+    assert_eq!(node["clean_step"], json!({}));
+    assert_eq!(node["maintenance"], true);
+    assert_eq!(node["maintenance_reason"], reason);
+    assert_eq!(node["fault"], "clean failure");
+    let refused = server.heartbeat_raw(&serde_json::to_value(heartbeat(token, None)).unwrap()).await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(server.provision("manage").await.status(), StatusCode::ACCEPTED);
+    let node = server.node().await;
+    assert_eq!(node["provision_state"], "manageable");
+    assert!(node["target_provision_state"].is_null());
+    assert!(node["last_error"].is_null());
+}
+
 pub async fn fault(response: Response) -> String {
     let body: Value = response.json().await.unwrap();
     let encoded = body["error_message"].as_str().unwrap_or_else(|| panic!("no error_message string in {body}"));
