@@ -17,7 +17,7 @@ use liblzma::read::XzDecoder;
 use crate::checksum::{Algorithm, Expected, HashingReader};
 use crate::progress::{ProgressReader, ProgressTracker};
 use crate::qcow2::{self, Qcow2Error};
-use crate::target::{Target, DIRECT_IO_ALIGNMENT};
+use crate::target::{AlignedBuffer, Target};
 
 /// The part of the image written last, after the checksum matched.
 pub const HEAD_BYTES: usize = 1 << 20;
@@ -380,34 +380,6 @@ fn write_raw(
     })
 }
 
-/// [`CHUNK_BYTES`] aligned for direct I/O (an aligned window into a slightly larger allocation).
-pub(crate) struct Buffer {
-    storage: Vec<u8>,
-    start: usize,
-}
-
-impl Buffer {
-    fn new() -> Buffer {
-        let storage = vec![0u8; CHUNK_BYTES + DIRECT_IO_ALIGNMENT];
-        let start = storage.as_ptr().align_offset(DIRECT_IO_ALIGNMENT);
-        Buffer { storage, start }
-    }
-}
-
-impl std::ops::Deref for Buffer {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        &self.storage[self.start..self.start + CHUNK_BYTES]
-    }
-}
-
-impl std::ops::DerefMut for Buffer {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        &mut self.storage[self.start..self.start + CHUNK_BYTES]
-    }
-}
-
 /// Buffers of [`CHUNK_BYTES`] in use at once: one being filled, one gathering small writes, the rest
 /// queued for or being written by the writer thread.
 const WRITE_BUFFERS: usize = 4;
@@ -417,7 +389,7 @@ enum Job {
     /// Write the first `len` bytes of the buffer at `offset`, then hand the buffer back.
     Data {
         offset: u64,
-        buf: Buffer,
+        buf: AlignedBuffer,
         len: usize,
     },
     Zeros {
@@ -435,11 +407,11 @@ pub(crate) struct DiskWriter {
     target_name: String,
     head: Vec<u8>,
     /// Small contiguous writes gathered into one: (offset, buffer, bytes used).
-    staged: Option<(u64, Buffer, usize)>,
-    spare: Vec<Buffer>,
+    staged: Option<(u64, AlignedBuffer, usize)>,
+    spare: Vec<AlignedBuffer>,
     allocated: usize,
     jobs: mpsc::SyncSender<Job>,
-    returned: mpsc::Receiver<Buffer>,
+    returned: mpsc::Receiver<AlignedBuffer>,
 }
 
 impl DiskWriter {
@@ -475,24 +447,24 @@ impl DiskWriter {
     }
 
     /// A buffer of [`CHUNK_BYTES`] to fill and [`submit`](Self::submit); waits while all are in use.
-    pub(crate) fn take_buffer(&mut self) -> Result<Buffer, WriteError> {
+    pub(crate) fn take_buffer(&mut self) -> Result<AlignedBuffer, WriteError> {
         self.spare.extend(self.returned.try_iter());
         if let Some(buf) = self.spare.pop() {
             return Ok(buf);
         }
         if self.allocated < WRITE_BUFFERS {
             self.allocated += 1;
-            return Ok(Buffer::new());
+            return Ok(AlignedBuffer::new(CHUNK_BYTES));
         }
         self.returned.recv().map_err(|_| self.writer_stopped(0))
     }
 
-    pub(crate) fn recycle(&mut self, buf: Buffer) {
+    pub(crate) fn recycle(&mut self, buf: AlignedBuffer) {
         self.spare.push(buf);
     }
 
     /// Writes the first `len` bytes of `buf` at `offset` without copying them.
-    pub(crate) fn submit(&mut self, offset: u64, buf: Buffer, len: usize) -> Result<(), WriteError> {
+    pub(crate) fn submit(&mut self, offset: u64, buf: AlignedBuffer, len: usize) -> Result<(), WriteError> {
         self.flush_staged()?;
         self.send_data(offset, buf, len)
     }
@@ -540,7 +512,7 @@ impl DiskWriter {
     }
 
     /// Copies what falls into the head, sends the rest to the writer thread.
-    fn send_data(&mut self, offset: u64, buf: Buffer, len: usize) -> Result<(), WriteError> {
+    fn send_data(&mut self, offset: u64, buf: AlignedBuffer, len: usize) -> Result<(), WriteError> {
         let end = offset + len as u64;
         self.check_fits(offset, end)?;
         let mut skip = 0;
@@ -598,7 +570,7 @@ impl<'t> ZeroingWriter<'t> {
         Self { target, zero_fast: true, zero_run: None, zeros: Vec::new() }
     }
 
-    fn run(mut self, jobs: mpsc::Receiver<Job>, returned: mpsc::Sender<Buffer>) -> Result<(), WriteError> {
+    fn run(mut self, jobs: mpsc::Receiver<Job>, returned: mpsc::Sender<AlignedBuffer>) -> Result<(), WriteError> {
         for job in jobs {
             match job {
                 Job::Data { offset, buf, len } => {

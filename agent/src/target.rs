@@ -50,6 +50,36 @@ fn check_range(offset: u64, len: u64, size: u64, what: &str) -> io::Result<()> {
 /// Offsets, lengths and buffer addresses of direct writes are multiples of this (any logical block size).
 pub const DIRECT_IO_ALIGNMENT: usize = 4096;
 
+/// `len` bytes (zeroed) starting at a [`DIRECT_IO_ALIGNMENT`] boundary, so that writes from them can
+/// bypass the page cache: an aligned window into a slightly larger allocation.
+pub(crate) struct AlignedBuffer {
+    storage: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuffer {
+    pub(crate) fn new(len: usize) -> AlignedBuffer {
+        let storage = vec![0u8; len + DIRECT_IO_ALIGNMENT];
+        let start = storage.as_ptr().align_offset(DIRECT_IO_ALIGNMENT);
+        AlignedBuffer { storage, start, len }
+    }
+}
+
+impl std::ops::Deref for AlignedBuffer {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.storage[self.start..self.start + self.len]
+    }
+}
+
+impl std::ops::DerefMut for AlignedBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.storage[self.start..self.start + self.len]
+    }
+}
+
 /// A block device or a regular file of fixed size (its current length).
 pub struct FileTarget {
     file: File,
@@ -330,6 +360,15 @@ impl<T: Target> Target for FaultyTarget<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aligned_buffers_are_aligned_zeroed_and_of_their_length() {
+        for len in [4096, 16 << 20] {
+            let buffer = AlignedBuffer::new(len);
+            assert_eq!((buffer.as_ptr().align_offset(DIRECT_IO_ALIGNMENT), buffer.len()), (0, len));
+            assert!(buffer.iter().all(|byte| *byte == 0));
+        }
+    }
     use std::os::unix::fs::MetadataExt;
     use std::process::Command;
 

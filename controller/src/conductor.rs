@@ -52,8 +52,6 @@ pub const CLEAN_STEP_INDEX: &str = "clean_step_index";
 pub const CLEAN_STEP_RESULTS: &str = "clean_step_results";
 /// Interfaces a clean step may name (Ironic's clean step schema, minus those without steps here).
 pub const CLEAN_STEP_INTERFACES: &[&str] = &["deploy", "power", "management", "bios", "raid", "firmware", "vendor"];
-/// The deploy interface's clean steps: those the agent runs.
-pub const DEPLOY_CLEAN_STEPS: &[&str] = &["erase_devices", "erase_devices_metadata"];
 /// Ironic's `fault` for a node put in maintenance by a failed clean step.
 pub const FAULT_CLEAN_FAILURE: &str = "clean failure";
 const INSPECTION_ABORTED: &str = "Inspection was aborted by request.";

@@ -143,6 +143,10 @@ impl Command {
     }
 }
 
+/// The deploy interface's clean steps, the ones the agent runs (IPA priorities: erase_devices 10,
+/// erase_devices_metadata 99).
+pub const DEPLOY_CLEAN_STEPS: [&str; 2] = ["erase_devices", "erase_devices_metadata"];
+
 /// A clean step as Ironic names it: `{"interface": "deploy", "step": "erase_devices_metadata", "args": {}}`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct CleanStep {

@@ -6,8 +6,8 @@ use std::process::Command;
 
 use ferric_runner::CommandError;
 
-/// The temporary user password. IPA uses the same one, so a drive left locked by an interrupted erase
-/// (power lost mid-way) is unlocked with the password either agent would try.
+/// The temporary user password, IPA's too, so an operator (or IPA) can unlock a drive an interrupted
+/// erase left locked. This agent skips a drive that has a password set; it does not unlock it.
 pub const TEMPORARY_PASSWORD: &str = "NULL";
 
 /// The "Security:" section of `hdparm -I`.

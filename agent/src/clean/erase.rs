@@ -19,7 +19,7 @@ use super::verify::{self, VerifyError};
 use super::{ata, nvme, DiskJob, StepProgress};
 use crate::disklabel::DiskLabelError;
 use crate::partition::PartitionError;
-use crate::target::{Target, DIRECT_IO_ALIGNMENT};
+use crate::target::{AlignedBuffer, Target};
 
 /// Bytes per zero-fill write: large direct writes are split by the kernel into requests sent together,
 /// which keeps the device's queue full.
@@ -108,26 +108,6 @@ pub enum EraseError {
     Reread(#[source] Box<PartitionError>),
 }
 
-/// `len` zero bytes starting at a [`DIRECT_IO_ALIGNMENT`] boundary, so that writes from them bypass
-/// the page cache.
-pub(crate) struct Zeros {
-    storage: Vec<u8>,
-    start: usize,
-}
-
-impl Zeros {
-    pub fn new(len: usize) -> Self {
-        let storage = vec![0u8; len + DIRECT_IO_ALIGNMENT];
-        let start = storage.as_ptr().align_offset(DIRECT_IO_ALIGNMENT);
-        Self { storage, start }
-    }
-
-    /// The first `len` zeros (at most the length given to [`Zeros::new`]).
-    pub fn get(&self, len: usize) -> &[u8] {
-        &self.storage[self.start..self.start + len]
-    }
-}
-
 pub(crate) fn mib_per_second(bytes: u64, seconds: f64) -> f64 {
     if seconds > 0.0 {
         bytes as f64 / (1 << 20) as f64 / seconds
@@ -147,7 +127,7 @@ pub fn overwrite(
     let candidates: Vec<EraseMethod> = methods.iter().copied().filter(|method| method.is_overwrite()).collect();
     let no_method = || EraseError::NoMethod { allowed: join(methods) };
     let mut current = candidates.first().copied().ok_or_else(no_method)?;
-    let zeros = Zeros::new(ZERO_FILL_CHUNK);
+    let zeros = AlignedBuffer::new(ZERO_FILL_CHUNK);
     let mut read_back = Vec::new();
     let mut used = Vec::new();
     let size = target.size();
@@ -164,7 +144,7 @@ pub fn overwrite(
                 target.discard(offset, len).map_err(write_error)? && reads_zero(target, offset, len, &mut read_back)?
             }
             _ => {
-                target.write_at(offset, zeros.get(len as usize)).map_err(write_error)?;
+                target.write_at(offset, &zeros[..len as usize]).map_err(write_error)?;
                 true
             }
         };
@@ -423,16 +403,6 @@ mod tests {
                 }
                 (got, _) => panic!("{name}: {got:?}"),
             }
-        }
-    }
-
-    #[test]
-    fn zeros_are_aligned_for_direct_io() {
-        for len in [4096, ZERO_FILL_CHUNK] {
-            let zeros = Zeros::new(len);
-            let slice = zeros.get(len);
-            assert_eq!(slice.as_ptr().align_offset(DIRECT_IO_ALIGNMENT), 0);
-            assert_eq!(verify::first_non_zero(slice), None);
         }
     }
 }

@@ -9,11 +9,11 @@ use std::time::Instant;
 use ferric_protocol::ErasedDevice;
 use nix::errno::Errno;
 
-use super::erase::{mib_per_second, EraseError, Zeros};
+use super::erase::{mib_per_second, EraseError};
 use super::{DiskJob, StepProgress};
 use crate::disklabel::{self, DiskLabel, DiskLabelError, LabelKind, GPT_ALTERNATE_LBA, MBR_SECTOR};
 use crate::partition::{self, PartitionError};
-use crate::target::Target;
+use crate::target::{AlignedBuffer, Target};
 
 const MIB: u64 = 1 << 20;
 
@@ -55,8 +55,8 @@ const fn far(position: Position, bytes: u64, whole_disk_only: bool) -> FarSignat
 /// Per device (each partition, each msdos extended container, the disk): the first and the last MiB
 /// (MBR and primary GPT; ext, xfs, swap, LVM, md 1.1/1.2, LUKS, bcache and most others at the start; md
 /// 0.90/1.0, ZFS's last labels, hardware RAID metadata and the backup GPT at the end) and
-/// [`FAR_SIGNATURES`] that fall inside. With a GPT also everything before the first usable LBA and
-/// after the last one, and the backup at the header's alternate LBA (it stays in the middle when a
+/// [`FAR_SIGNATURES`] that fall inside. With a GPT also the MiB before the first usable LBA and the
+/// MiB after the last one, and the backup at the header's alternate LBA (it stays in the middle when a
 /// disk image was written to a larger disk).
 pub fn plan(size: u64, label: Option<&DiskLabel>) -> Vec<Range<u64>> {
     let mut ranges = device_ranges(0..size, true);
@@ -68,8 +68,12 @@ pub fn plan(size: u64, label: Option<&DiskLabel>) -> Vec<Range<u64>> {
             LabelKind::Gpt(gpt) => {
                 let sector = label.sector_size;
                 let entries_sectors = (gpt.entries.len() as u64).div_ceil(sector);
-                ranges.push(0..gpt.first_usable_lba.saturating_mul(sector));
-                ranges.push(gpt.last_usable_lba.saturating_add(1).saturating_mul(sector)..size);
+                // Bounded to a MiB each: an image written to a larger disk without growing its GPT
+                // leaves a last usable LBA far before the end, and the gap behind it is not metadata.
+                let first_usable = gpt.first_usable_lba.saturating_mul(sector);
+                ranges.push(0..first_usable.min(MIB));
+                let after_last = gpt.last_usable_lba.saturating_add(1).saturating_mul(sector);
+                ranges.push(after_last..after_last.saturating_add(MIB));
                 let alternate = disklabel::le_u64(&gpt.header[GPT_ALTERNATE_LBA..]);
                 if let Some(first) = alternate.checked_sub(entries_sectors) {
                     ranges.push(first.saturating_mul(sector)..alternate.saturating_add(1).saturating_mul(sector));
@@ -142,13 +146,13 @@ pub(super) fn erase(
     let ranges = plan(target.size(), label.as_ref());
     let partitions = label.as_ref().map_or(0, |label| label.partitions.len());
     progress.set(&job.device, &format!("zeroing metadata of the disk and {partitions} partitions"));
-    let zeros = Zeros::new(MIB as usize);
+    let zeros = AlignedBuffer::new(MIB as usize);
     let mut bytes = 0;
     for range in &ranges {
         let mut offset = range.start;
         while offset < range.end {
             let len = (range.end - offset).min(MIB);
-            target.write_at(offset, zeros.get(len as usize)).map_err(|source| EraseError::Write {
+            target.write_at(offset, &zeros[..len as usize]).map_err(|source| EraseError::Write {
                 method: "metadata",
                 offset,
                 source,
@@ -311,6 +315,19 @@ mod tests {
             assert!(ranges.windows(2).all(|pair| pair[0].start > pair[1].end), "{name}: descending, disjoint");
             assert_eq!(ascending(ranges), expected, "{name}");
         }
+    }
+
+    #[test]
+    fn a_small_image_on_a_big_disk_costs_a_few_mib_not_the_gap_behind_it() {
+        // A 2 GiB image's GPT (never grown) on a 4 TiB disk: last usable LBA and backup at 2 GiB.
+        let (image, disk) = (2 * GIB, 4 << 40);
+        let image_sectors = image / 512;
+        let label = gpt_label(512, image_sectors - 34, image_sectors - 1, vec![partition(1, MIB, image - 2 * MIB)]);
+        let ranges = plan(disk, Some(&label));
+        let total: u64 = ranges.iter().map(|range| range.end - range.start).sum();
+        assert!(total < 16 * MIB, "{total} bytes: {:?}", ascending(ranges.clone()));
+        let backup = (image_sectors - 33) * 512..image;
+        assert!(ranges.iter().any(|range| range.start <= backup.start && backup.end <= range.end), "backup GPT kept");
     }
 
     #[test]

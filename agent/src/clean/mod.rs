@@ -21,18 +21,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use ferric_protocol::inventory::Disk;
-use ferric_protocol::{CleanStep, CleanStepResult, ErasedDevice};
+use ferric_protocol::{CleanStep, CleanStepResult, ErasedDevice, DEPLOY_CLEAN_STEPS};
 use serde_json::Value;
 
 pub use erase::{EraseError, EraseMethod};
 
-use crate::inventory;
+use crate::inventory::{self, sysfs::read_trimmed};
 use crate::progress::ProgressTracker;
 use crate::root_disk::{self, RootDiskError};
 use crate::target::{FileTarget, Target};
 
-/// The steps this agent runs, as `interface.step`.
-pub const SUPPORTED_STEPS: [&str; 2] = ["deploy.erase_devices_metadata", "deploy.erase_devices"];
 /// IPA's `disk_erasure_concurrency` default.
 pub const DEFAULT_CONCURRENCY: usize = 4;
 /// Pseudo-random 1 MiB blocks read back after an erase, besides the first and the last MiB.
@@ -69,7 +67,7 @@ impl CleanEnv {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CleanError {
-    #[error("clean step {interface}.{step} is not supported; this agent runs {}", SUPPORTED_STEPS.join(", "))]
+    #[error("clean step {interface}.{step} is not supported; this agent runs {}", supported_steps())]
     UnknownStep { interface: String, step: String },
     #[error("choosing the disks to clean failed")]
     Disks(#[source] Box<RootDiskError>),
@@ -150,10 +148,6 @@ impl DiskJob {
     }
 }
 
-fn read_trimmed(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|text| text.trim().to_owned())
-}
-
 /// The step's progress as heartbeats show it: `erase_devices: /dev/sda zero fill; /dev/sdb ...`.
 pub(crate) struct StepProgress<'a> {
     step: &'static str,
@@ -191,6 +185,11 @@ impl<'a> StepProgress<'a> {
     }
 }
 
+/// The steps this agent runs, as `deploy.step, ...`.
+fn supported_steps() -> String {
+    DEPLOY_CLEAN_STEPS.map(|step| format!("deploy.{step}")).join(", ")
+}
+
 /// Runs one clean step on every disk of `env` minus `skip` (hint dicts); progress through `progress`.
 pub fn execute_clean_step(
     step: &CleanStep,
@@ -201,7 +200,13 @@ pub fn execute_clean_step(
     let kind = Step::parse(step)?;
     let disks = match &env.devices {
         Some(paths) => paths.iter().map(|path| explicit_disk(path)).collect::<Result<Vec<_>, _>>()?,
-        None => inventory::scan(&env.root, None).disks,
+        // Software RAID devices are cleaned through their member disks: erasing both would write
+        // everything twice, and a skipped member's array would still be wiped through the md device.
+        None => inventory::scan(&env.root, None)
+            .disks
+            .into_iter()
+            .filter(|disk| !disk.name.starts_with("/dev/md"))
+            .collect(),
     };
     let disks = root_disk::without_skipped(disks, skip).map_err(|error| CleanError::Disks(Box::new(error)))?;
     let jobs: Vec<DiskJob> = disks.iter().map(|disk| DiskJob::new(disk, env)).collect();
@@ -309,8 +314,8 @@ mod tests {
             assert_eq!(
                 error.to_string(),
                 format!(
-                    "clean step {shown} is not supported; this agent runs deploy.erase_devices_metadata, \
-                     deploy.erase_devices"
+                    "clean step {shown} is not supported; this agent runs deploy.erase_devices, \
+                     deploy.erase_devices_metadata"
                 ),
                 "{name}"
             );

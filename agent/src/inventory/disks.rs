@@ -36,7 +36,7 @@ pub(crate) fn disks(sys: &Sysfs) -> Vec<Disk> {
 
 fn disk(sys: &Sysfs, entry: &Path, name: &str) -> Option<Disk> {
     let dir = sys.resolve(entry)?;
-    let size = read_u64(&dir.join("size"))? * 512;
+    let size = read_u64(&dir.join("size"))?.checked_mul(512)?;
     let device = dir.join("device");
     // SCSI peripheral type 0 is a disk; others (tape, changer, optical memory) are not.
     if read_u64(&device.join("type")).is_some_and(|t| t != 0) || size == 0 {

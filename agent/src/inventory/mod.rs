@@ -8,7 +8,7 @@ pub mod lldp;
 mod net;
 mod path_id;
 mod scsi;
-mod sysfs;
+pub(crate) mod sysfs;
 mod system;
 
 use std::path::Path;

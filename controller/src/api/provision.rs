@@ -11,11 +11,12 @@ use serde_json::{json, Value};
 use super::microversion::{self, ApiVersion};
 use super::node_fields::py_repr;
 use super::{lock, node_view, BaseUrl, JsonBody, NodeIdent};
-use crate::conductor::{clean_steps_required, CLEAN_STEP_INTERFACES, DEPLOY_CLEAN_STEPS};
+use crate::conductor::{clean_steps_required, CLEAN_STEP_INTERFACES};
 use crate::error::Error;
 use crate::fsm::{ProvisionState, Verb};
 use crate::AppState;
 use ferric_protocol::CleanStep;
+use ferric_protocol::DEPLOY_CLEAN_STEPS;
 
 /// Members of Ironic's provision request that Ferric does not act on yet.
 const UNSUPPORTED_PROVISION_MEMBERS: &[&str] =
