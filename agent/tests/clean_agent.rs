@@ -135,8 +135,8 @@ async fn an_unknown_step_fails_with_the_reason() {
     assert_eq!(
         finished.command_error.as_deref(),
         Some(
-            "clean step deploy.erase_pstore is not supported; this agent runs deploy.erase_devices_metadata, \
-             deploy.erase_devices"
+            "clean step deploy.erase_pstore is not supported; this agent runs deploy.erase_devices, \
+             deploy.erase_devices_metadata"
         )
     );
     assert!(std::fs::read(device.1.path()).unwrap().iter().all(|byte| *byte == 0x5a), "nothing erased");
