@@ -6,7 +6,6 @@
 use md5::Md5;
 use sha2::{Digest, Sha256, Sha512};
 use std::fmt;
-use std::io::{self, Read};
 
 use ferric_protocol::ImageInfo;
 
@@ -201,14 +200,15 @@ impl Expected {
     }
 }
 
-enum Hasher {
+/// A running digest in one of the supported algorithms.
+pub(crate) enum Hasher {
     Md5(Md5),
     Sha256(Sha256),
     Sha512(Sha512),
 }
 
 impl Hasher {
-    fn new(algorithm: Algorithm) -> Self {
+    pub(crate) fn new(algorithm: Algorithm) -> Self {
         match algorithm {
             Algorithm::Md5 => Hasher::Md5(Md5::new()),
             Algorithm::Sha256 => Hasher::Sha256(Sha256::new()),
@@ -216,7 +216,7 @@ impl Hasher {
         }
     }
 
-    fn update(&mut self, data: &[u8]) {
+    pub(crate) fn update(&mut self, data: &[u8]) {
         match self {
             Hasher::Md5(h) => h.update(data),
             Hasher::Sha256(h) => h.update(data),
@@ -224,38 +224,12 @@ impl Hasher {
         }
     }
 
-    fn finalize_hex(self) -> String {
+    pub(crate) fn finalize_hex(self) -> String {
         match self {
             Hasher::Md5(h) => hex::encode(h.finalize()),
             Hasher::Sha256(h) => hex::encode(h.finalize()),
             Hasher::Sha512(h) => hex::encode(h.finalize()),
         }
-    }
-}
-
-/// Hashes every byte read through it.
-pub struct HashingReader<R> {
-    inner: R,
-    hasher: Hasher,
-}
-
-impl<R: Read> HashingReader<R> {
-    pub fn new(inner: R, algorithm: Algorithm) -> Self {
-        Self { inner, hasher: Hasher::new(algorithm) }
-    }
-
-    /// Reads what is left (a decompressor may stop before its input's end) and returns the hex digest.
-    pub fn finish(mut self) -> io::Result<String> {
-        io::copy(&mut self, &mut io::sink())?;
-        Ok(self.hasher.finalize_hex())
-    }
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
     }
 }
 
@@ -358,12 +332,18 @@ mod tests {
     }
 
     #[test]
-    fn hashing_reader_hashes_what_passes_and_the_rest() {
-        let data = b"hello world".to_vec();
-        let mut reader = HashingReader::new(&data[..], Algorithm::Sha256);
-        let mut first = [0u8; 5];
-        reader.read_exact(&mut first).unwrap();
-        let digest = reader.finish().unwrap();
-        assert_eq!(digest, hex::encode(Sha256::digest(&data)));
+    fn hasher_digests_data_given_in_pieces() {
+        let data = b"hello world, in three pieces";
+        for (algorithm, whole) in [
+            (Algorithm::Md5, hex::encode(Md5::digest(data))),
+            (Algorithm::Sha256, hex::encode(Sha256::digest(data))),
+            (Algorithm::Sha512, hex::encode(Sha512::digest(data))),
+        ] {
+            let mut hasher = Hasher::new(algorithm);
+            for piece in [&data[..5], &data[5..6], &data[6..]] {
+                hasher.update(piece);
+            }
+            assert_eq!(hasher.finalize_hex(), whole, "{algorithm:?}");
+        }
     }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use flate2::read::MultiGzDecoder;
 use liblzma::read::XzDecoder;
 
-use crate::checksum::{Algorithm, Expected, HashingReader};
+use crate::checksum::{Algorithm, Expected, Hasher};
 use crate::progress::{ProgressReader, ProgressTracker};
 use crate::qcow2::{self, Qcow2Error};
 use crate::target::{AlignedBuffer, Target};
@@ -175,11 +175,21 @@ fn stream_and_verify<R: Read>(
 ) -> Result<Written, WriteError> {
     progress.set_stage("writing image");
     // Hashing runs on its own thread, fed a copy of the download, so it overlaps reading and writing.
+    // It is the one part of the write that cannot be split: its thread does nothing but hash.
     let (written, actual) = std::thread::scope(|scope| {
-        let (batches, batches_rx) = mpsc::sync_channel(HASH_QUEUE);
+        let (batches, batches_rx) = mpsc::sync_channel::<Vec<u8>>(HASH_QUEUE);
+        let (spent, spent_rx) = mpsc::channel();
         let algorithm = expected.algorithm;
-        let hasher = scope.spawn(move || HashingReader::new(ChannelReader::new(batches_rx), algorithm).finish());
-        let mut source = HashTee::new(ProgressReader::new(source, progress.clone()), batches);
+        let hasher = scope.spawn(move || {
+            let mut hasher = Hasher::new(algorithm);
+            for batch in batches_rx {
+                hasher.update(&batch);
+                // Gone only once the tee is done: the batch is no longer needed.
+                let _ = spent.send(batch);
+            }
+            hasher.finalize_hex()
+        });
+        let mut source = HashTee::new(ProgressReader::new(source, progress.clone()), batches, spent_rx);
         let written = write_stream(&mut source, target, progress).and_then(|written| {
             progress.set_stage("verifying checksum");
             // What the decompressor or the qcow2 reader left unread: the checksum covers the whole download.
@@ -190,7 +200,6 @@ fn stream_and_verify<R: Read>(
         let actual = hasher.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         written.map(|written| (written, actual))
     })?;
-    let actual = actual.map_err(|e| read_error(progress, e))?;
     if actual != expected.hex {
         return Err(WriteError::ChecksumMismatch {
             algorithm: expected.algorithm,
@@ -253,16 +262,18 @@ fn over_memory_limit(format: Format, error: &WriteError) -> Option<WriteError> {
 const HASH_BATCH_BYTES: usize = 1 << 20;
 const HASH_QUEUE: usize = 8;
 
-/// Passes a reader through, sending a copy of every byte to the hashing thread.
+/// Passes a reader through, sending a copy of every byte to the hashing thread in batches, which
+/// come back to be refilled (no allocation, no page faults per batch).
 struct HashTee<R> {
     inner: R,
     batch: Vec<u8>,
     batches: mpsc::SyncSender<Vec<u8>>,
+    spent: mpsc::Receiver<Vec<u8>>,
 }
 
 impl<R: Read> HashTee<R> {
-    fn new(inner: R, batches: mpsc::SyncSender<Vec<u8>>) -> Self {
-        Self { inner, batch: Vec::with_capacity(HASH_BATCH_BYTES), batches }
+    fn new(inner: R, batches: mpsc::SyncSender<Vec<u8>>, spent: mpsc::Receiver<Vec<u8>>) -> Self {
+        Self { inner, batch: Vec::with_capacity(HASH_BATCH_BYTES), batches, spent }
     }
 
     /// Sends what is left; dropping the result closes the channel, which ends the hashing.
@@ -273,7 +284,9 @@ impl<R: Read> HashTee<R> {
 
     fn send_batch(&mut self) {
         if !self.batch.is_empty() {
-            let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(HASH_BATCH_BYTES));
+            let mut next = self.spent.try_recv().unwrap_or_else(|_| Vec::with_capacity(HASH_BATCH_BYTES));
+            next.clear();
+            let batch = std::mem::replace(&mut self.batch, next);
             // The hashing thread only stops early when the write failed: its digest no longer matters.
             let _ = self.batches.send(batch);
         }
@@ -292,34 +305,6 @@ impl<R: Read> Read for HashTee<R> {
                 self.send_batch();
             }
         }
-        Ok(n)
-    }
-}
-
-/// The hashing thread's end of the channel, as a reader.
-struct ChannelReader {
-    batches: mpsc::Receiver<Vec<u8>>,
-    current: Vec<u8>,
-    consumed: usize,
-}
-
-impl ChannelReader {
-    fn new(batches: mpsc::Receiver<Vec<u8>>) -> Self {
-        Self { batches, current: Vec::new(), consumed: 0 }
-    }
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.consumed == self.current.len() {
-            match self.batches.recv() {
-                Ok(batch) => (self.current, self.consumed) = (batch, 0),
-                Err(mpsc::RecvError) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.consumed);
-        buf[..n].copy_from_slice(&self.current[self.consumed..self.consumed + n]);
-        self.consumed += n;
         Ok(n)
     }
 }
@@ -380,6 +365,11 @@ fn write_raw(
     })
 }
 
+/// Data written beyond this since the last flush is flushed in the background (when the target has a
+/// [`Syncer`](crate::target::Syncer)): the final sync then finds little left, progress stays close to
+/// what is durable, and a device's cache (or a loop device's page cache) never holds the whole image.
+const FLUSH_BEHIND_BYTES: u64 = 16 << 20;
+
 /// Buffers of [`CHUNK_BYTES`] in use at once: one being filled, one gathering small writes, the rest
 /// queued for or being written by the writer thread.
 const WRITE_BUFFERS: usize = 4;
@@ -424,9 +414,17 @@ impl DiskWriter {
         let target_name = target.describe();
         let size = target.size();
         std::thread::scope(|scope| {
+            // One flush at a time, at most one more asked for: flushing never holds the writes up.
+            let (flush, flusher) = match target.syncer() {
+                Some(mut syncer) => {
+                    let (flush, requests) = mpsc::sync_channel::<()>(1);
+                    (Some(flush), Some(scope.spawn(move || requests.iter().try_for_each(|()| syncer.sync()))))
+                }
+                None => (None, None),
+            };
             let (jobs, jobs_rx) = mpsc::sync_channel(WRITE_BUFFERS - 2);
             let (returned_tx, returned) = mpsc::channel();
-            let thread = scope.spawn(move || ZeroingWriter::new(target).run(jobs_rx, returned_tx));
+            let thread = scope.spawn(move || ZeroingWriter::new(target, flush).run(jobs_rx, returned_tx));
             let mut writer = DiskWriter {
                 size,
                 target_name,
@@ -438,10 +436,16 @@ impl DiskWriter {
                 returned,
             };
             let result = write(&mut writer).and_then(|value| writer.flush_staged().map(|()| value));
-            let DiskWriter { head, jobs, .. } = writer;
+            let DiskWriter { head, jobs, target_name, .. } = writer;
             drop(jobs);
+            let written = thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            // A failed flush stops the writer thread, whose error then only says so.
+            if let Some(flusher) = flusher {
+                let flushed = flusher.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                flushed.map_err(|source| WriteError::Write { target: target_name, offset: 0, source })?;
+            }
             // The writer thread's error is the precise one: ours may only say that it stopped.
-            thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            written?;
             Ok((head, result?))
         })
     }
@@ -563,11 +567,15 @@ struct ZeroingWriter<'t> {
     /// A run of zeros not zeroed yet: (offset, len).
     zero_run: Option<(u64, u64)>,
     zeros: Vec<u8>,
+    /// Asks the flusher thread for a flush; `None` without one.
+    flush: Option<mpsc::SyncSender<()>>,
+    /// Bytes written since the last flush was asked for.
+    unflushed: u64,
 }
 
 impl<'t> ZeroingWriter<'t> {
-    fn new(target: &'t mut dyn Target) -> Self {
-        Self { target, zero_fast: true, zero_run: None, zeros: Vec::new() }
+    fn new(target: &'t mut dyn Target, flush: Option<mpsc::SyncSender<()>>) -> Self {
+        Self { target, zero_fast: true, zero_run: None, zeros: Vec::new(), flush, unflushed: 0 }
     }
 
     fn run(mut self, jobs: mpsc::Receiver<Job>, returned: mpsc::Sender<AlignedBuffer>) -> Result<(), WriteError> {
@@ -620,7 +628,27 @@ impl<'t> ZeroingWriter<'t> {
             return Ok(());
         }
         self.flush_zeros()?;
-        write_at(self.target, offset, data)
+        write_at(self.target, offset, data)?;
+        self.flush_behind(offset, data.len())
+    }
+
+    /// Asks for a background flush once [`FLUSH_BEHIND_BYTES`] were written since the last one, unless
+    /// one is already waiting (the count then carries over to the next write).
+    fn flush_behind(&mut self, offset: u64, written: usize) -> Result<(), WriteError> {
+        self.unflushed += written as u64;
+        let Some(flush) = &self.flush else { return Ok(()) };
+        if self.unflushed < FLUSH_BEHIND_BYTES {
+            return Ok(());
+        }
+        match flush.try_send(()) {
+            Ok(()) => self.unflushed = 0,
+            Err(mpsc::TrySendError::Full(())) => {}
+            Err(mpsc::TrySendError::Disconnected(())) => {
+                let source = io::Error::other("a flush failed");
+                return Err(WriteError::Write { target: self.target.describe(), offset, source });
+            }
+        }
+        Ok(())
     }
 
     fn add_zeros(&mut self, offset: u64, len: u64) -> Result<(), WriteError> {
@@ -656,6 +684,7 @@ impl<'t> ZeroingWriter<'t> {
         while at < offset + len {
             let n = (offset + len - at).min(CHUNK_BYTES as u64) as usize;
             write_at(self.target, at, &self.zeros[..n])?;
+            self.flush_behind(at, n)?;
             at += n as u64;
         }
         Ok(())
@@ -991,6 +1020,19 @@ mod tests {
         let mut target = FaultyTarget::new(FileTarget::open(file.path()).unwrap(), Fault::SyncEio);
         let err = write(&data, &sha256(&data), &mut target).unwrap_err();
         assert!(matches!(err, WriteError::Write { .. }), "{err}");
+    }
+
+    #[test]
+    fn failed_background_flush_fails_the_write() {
+        // Enough data for several flushes behind the writes: the first failure must not be lost.
+        let data = image(4 * FLUSH_BEHIND_BYTES as usize);
+        let file = old_disk(8 * FLUSH_BEHIND_BYTES);
+        let mut target = FaultyTarget::new(FileTarget::open(file.path()).unwrap(), Fault::SyncerEio);
+        let err = write(&data, &sha256(&data), &mut target).unwrap_err();
+        let WriteError::Write { target, source, .. } = &err else { panic!("{err}") };
+        assert!(target.contains(&file.path().display().to_string()), "{err}");
+        assert_eq!(source.raw_os_error(), Some(nix::libc::EIO), "{err}: {source}");
+        assert_no_partition_table(&std::fs::read(file.path()).unwrap());
     }
 
     #[test]

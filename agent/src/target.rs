@@ -34,6 +34,25 @@ pub trait Target: Send {
     /// Syncs, then drops what the page cache holds of the target, so that reads come from the device:
     /// after a hardware erase the cache still holds the data from before it.
     fn drop_cache(&mut self) -> io::Result<()>;
+    /// A second handle that makes the writes done so far durable from another thread, so flushing can
+    /// overlap writing. `None` when the target has no such handle: everything waits for [`sync`](Self::sync).
+    fn syncer(&self) -> Option<Box<dyn Syncer>> {
+        None
+    }
+}
+
+/// Makes a target's writes durable while its writer goes on (see [`Target::syncer`]).
+pub trait Syncer: Send {
+    fn sync(&mut self) -> io::Result<()>;
+}
+
+/// A duplicate descriptor of the target's file or device.
+struct FileSyncer(File);
+
+impl Syncer for FileSyncer {
+    fn sync(&mut self) -> io::Result<()> {
+        self.0.sync_data()
+    }
 }
 
 /// Checks that `len` bytes at `offset` lie inside a target of `size` bytes.
@@ -189,6 +208,11 @@ impl Target for FileTarget {
         posix_fadvise(self.file.as_raw_fd(), 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED)?;
         Ok(())
     }
+
+    fn syncer(&self) -> Option<Box<dyn Syncer>> {
+        let file = self.file.try_clone().ok()?;
+        Some(Box::new(FileSyncer(file)))
+    }
 }
 
 #[allow(unsafe_code)]
@@ -266,6 +290,10 @@ impl Target for Slice<'_> {
     fn drop_cache(&mut self) -> io::Result<()> {
         self.inner.drop_cache()
     }
+
+    fn syncer(&self) -> Option<Box<dyn Syncer>> {
+        self.inner.syncer()
+    }
 }
 
 /// How a [`FaultyTarget`] fails.
@@ -277,6 +305,8 @@ pub enum Fault {
     ShortWriteAfter(u64),
     /// `sync` fails with EIO.
     SyncEio,
+    /// The syncer's flushes, made while writing goes on, fail with EIO; `sync` works.
+    SyncerEio,
     /// `zero_fast` and `discard` answer "cannot", as a device without discard or write-zeroes support.
     NoFastZeroing,
 }
@@ -354,6 +384,22 @@ impl<T: Target> Target for FaultyTarget<T> {
             return Err(Errno::EIO.into());
         }
         self.inner.drop_cache()
+    }
+
+    fn syncer(&self) -> Option<Box<dyn Syncer>> {
+        if self.fault == Fault::SyncerEio {
+            return Some(Box::new(FailingSyncer));
+        }
+        self.inner.syncer()
+    }
+}
+
+/// The syncer of a target whose syncs fail.
+struct FailingSyncer;
+
+impl Syncer for FailingSyncer {
+    fn sync(&mut self) -> io::Result<()> {
+        Err(Errno::EIO.into())
     }
 }
 
